@@ -1,0 +1,41 @@
+# The project's verbs. `make` alone lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3.11
+VENV := .venv
+PIPELINE_VENV := $(VENV)/pipeline
+AIRFLOW_VENV := $(VENV)/airflow
+PIPELINE_BIN := $(PIPELINE_VENV)/bin
+AIRFLOW_BIN := $(AIRFLOW_VENV)/bin
+
+## help: list the targets
+.PHONY: help
+help:
+	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
+
+## setup: create both virtualenvs (stage package; Airflow + providers) from the pinned lists
+.PHONY: setup
+setup: $(PIPELINE_VENV)/.installed $(AIRFLOW_VENV)/.installed
+
+$(PIPELINE_VENV)/.installed: images/pipeline/pyproject.toml
+	$(PYTHON) -m venv $(PIPELINE_VENV)
+	$(PIPELINE_BIN)/pip install --quiet -e 'images/pipeline[test]'
+	touch $@
+
+$(AIRFLOW_VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+## lint: ruff format check, ruff check (AIR rules on DAGs) and mypy on the stage package
+.PHONY: lint
+lint: setup
+	$(PIPELINE_BIN)/ruff format --check .
+	$(PIPELINE_BIN)/ruff check .
+	cd images/pipeline && ../../$(PIPELINE_BIN)/mypy src
+
+## test: lint, then the stage package's unit tests, then the Airflow-side tests (DAGs, pods, end to end)
+.PHONY: test
+test: lint
+	$(PIPELINE_BIN)/pytest -q images/pipeline/tests
+	PATH="$(CURDIR)/$(PIPELINE_BIN):$$PATH" $(AIRFLOW_BIN)/pytest -q tests

@@ -1,0 +1,226 @@
+"""``privacy-pipeline``: one subcommand per stage. Wiring only.
+
+Flags -> the stage's ``run(...)`` -> its one-line summary on stdout, its XCom
+JSON at ``$XCOM_RETURN_PATH`` and its commit marker in the run. A
+``StageError`` becomes one line on stderr and in ``/dev/termination-log``
+(which Kubernetes shows in the pod status) and exit code 2, with no traceback.
+Stage modules are imported only when their subcommand runs, so ``--help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from privacy_pipeline import storage
+from privacy_pipeline.errors import StageError
+from privacy_pipeline.stage_result import StageResult, write_xcom
+
+log = logging.getLogger(__name__)
+
+TERMINATION_LOG = Path("/dev/termination-log")
+EXIT_STAGE_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    module: str
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+
+
+def _run_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, metavar="URI", help="the run's prefix, e.g. gs://bucket/runs/<run_id>/")
+
+
+def _synth_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="URI", help="file to write (.csv or .parquet)")
+    parser.add_argument("--rows", type=int, default=5000, metavar="N")
+    parser.add_argument("--seed", type=int, default=7, metavar="S")
+    parser.add_argument("--format", choices=["csv", "parquet"], default=None, help="default: from --out's suffix")
+    parser.add_argument(
+        "--embedded", action="store_true", help="also featurize into 584-dim embeddings, the production form"
+    )
+
+
+def _ingest_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True, metavar="URI", help="a CSV/Parquet file or a prefix of part files")
+    _run_arg(parser)
+
+
+def _tune_args(parser: argparse.ArgumentParser) -> None:
+    _run_arg(parser)
+    parser.add_argument("--shard", type=int, default=0, metavar="I", help="which share of the candidates (0-based)")
+    parser.add_argument("--num-shards", type=int, default=1, metavar="N", help="how many shares the search is cut into")
+
+
+def _register_args(parser: argparse.ArgumentParser) -> None:
+    _run_arg(parser)
+    parser.add_argument("--registry", required=True, metavar="URI", help="the model registry prefix")
+
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand(
+        "synth",
+        "synth",
+        "write a synthetic privacy-intent dataset",
+        "Writes --out: user messages in six intents (privacy intents ~1:9 against no_privacy_intent) "
+        "with paraphrases, typos and noise; deterministic for --seed. Columns: id, text, label "
+        "(+ emb_000..emb_583 with --embedded).",
+        _synth_args,
+    ),
+    Subcommand(
+        "ingest",
+        "ingest",
+        "snapshot CSV/Parquet source data into the run",
+        "Reads --source (one CSV/Parquet file or every part file under a prefix). Writes "
+        "<run>/ingest/snapshot.parquet and records row counts, a content hash and the source "
+        "objects with their GCS generations.",
+        _ingest_args,
+    ),
+    Subcommand(
+        "validate",
+        "validate",
+        "check schema, labels, embeddings and class sizes; quarantine bad rows",
+        "Reads <run>/ingest/snapshot.parquet. Writes <run>/validate/validated.parquet, "
+        "quarantine.parquet and report.json. Fails when bad rows exceed validate.max_bad_row_fraction "
+        "or a class is too small for the split, CV folds and SMOTE.",
+        _run_arg,
+    ),
+    Subcommand(
+        "featurize",
+        "featurize",
+        "sentence embeddings + handcrafted text features",
+        "Reads <run>/validate/validated.parquet. Writes <run>/featurize/features.parquet "
+        "(384-dim all-MiniLM-L6-v2 embeddings and 25+ handcrafted features per text row, or the "
+        "given 584-dim embeddings) and feature_spec.json.",
+        _run_arg,
+    ),
+    Subcommand(
+        "split",
+        "split",
+        "stratified train/holdout split",
+        "Reads <run>/featurize/features.parquet. Writes <run>/split/train.parquet and holdout.parquet. "
+        "The holdout is never resampled.",
+        _run_arg,
+    ),
+    Subcommand(
+        "tune",
+        "tune",
+        "cross-validated hyperparameter search over one shard of the candidates",
+        "Reads <run>/split/train.parquet. Writes <run>/tune/shard-I-of-N.json with every candidate's "
+        "CV scores. SMOTE is fitted inside training folds only.",
+        _tune_args,
+    ),
+    Subcommand(
+        "select",
+        "select",
+        "pick the best candidate across all tune shards",
+        "Reads every <run>/tune/shard-*.json; refuses if a shard is missing. Writes <run>/select/best.json.",
+        _run_arg,
+    ),
+    Subcommand(
+        "train",
+        "train",
+        "fit the best candidate on the whole training split",
+        "Reads <run>/select/best.json and <run>/split/train.parquet. Writes <run>/train/model.skops "
+        "(featurizer + classifier in one pipeline).",
+        _run_arg,
+    ),
+    Subcommand(
+        "evaluate",
+        "evaluate",
+        "score the model on the untouched holdout",
+        "Reads <run>/train/model.skops and <run>/split/holdout.parquet. Writes <run>/evaluate/metrics.json "
+        "(macro and per-class F1, accuracy, ROC-AUC, confusion matrix, majority baseline) and PNG plots.",
+        _run_arg,
+    ),
+    Subcommand(
+        "register",
+        "register",
+        "version the model in the registry and apply the promotion gate",
+        "Reads the run's model, metrics and holdout. Writes <registry>/models/<version>/ (model, metadata), "
+        "<registry>/runs/<version>.json, and moves <registry>/champion.json when the candidate beats the "
+        "champion on this run's holdout by register.promotion_margin.",
+        _register_args,
+    ),
+)
+
+
+def build_parser(subcommands: Sequence[Subcommand] = SUBCOMMANDS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="privacy-pipeline",
+        description="Stages of the privacy-intent training pipeline. Each reads and writes under a run URI "
+        "(local path, file:// or gs://) and writes its XCom JSON to $XCOM_RETURN_PATH.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="pipeline config YAML (unknown keys are errors)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set tune.search=random (repeatable)",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("PIPELINE_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    for sub in subcommands:
+        sub_parser = commands.add_parser(sub.name, help=sub.help, description=sub.description)
+        sub.add_arguments(sub_parser)
+    return parser
+
+
+def _stage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    global_flags = {"command", "config", "overrides", "log_level"}
+    renamed = {"run": "run_uri", "registry": "registry_uri", "format": "fmt"}
+    return {renamed.get(k, k): v for k, v in vars(args).items() if k not in global_flags}
+
+
+def _report_failure(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    try:
+        TERMINATION_LOG.write_text(message[:4000], encoding="utf-8")
+    except OSError:
+        pass  # not in a pod
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    subcommand = next(s for s in SUBCOMMANDS if s.name == args.command)
+    try:
+        from privacy_pipeline.config import load_config
+
+        config = load_config(args.config, args.overrides)
+        stage = importlib.import_module(f"privacy_pipeline.stages.{subcommand.module}")
+        result: StageResult = stage.run(config=config, **_stage_kwargs(args))
+        write_xcom(result)
+        if result.commit_uri:
+            storage.write_json(result.commit_uri, result.payload())
+    except StageError as exc:
+        _report_failure(str(exc))
+        return EXIT_STAGE_ERROR
+    except Exception as exc:
+        _report_failure(f"{args.command}: unexpected {type(exc).__name__}: {exc}")
+        raise
+    print(result.summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The pipeline's configuration: one typed model, defaults in code, validated once.
+
+Overrides come from a YAML file (``--config``) and from ``--set dotted.key=value``
+flags (what DAG Params turn into). An unknown key anywhere is an error that
+names the key.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from privacy_pipeline.errors import StageError
+
+INTENTS: tuple[str, ...] = (
+    "data_deletion",
+    "data_access",
+    "opt_out",
+    "consent_withdrawal",
+    "privacy_policy_question",
+    "no_privacy_intent",
+)
+
+SENTENCE_EMBEDDING_DIM = 384
+TFIDF_SVD_DIM = 200
+# 384 sentence-transformer dimensions + 200 TF-IDF/SVD dimensions: the form
+# production training data arrives in.
+EMBEDDING_DIM = SENTENCE_EMBEDDING_DIM + TFIDF_SVD_DIM
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(_Section):
+    # A part file beyond this is refused rather than loaded into a pod's memory.
+    max_source_bytes: int = Field(default=2 * 1024**3, gt=0)
+
+
+class ValidateConfig(_Section):
+    embedding_dim: int = Field(default=EMBEDDING_DIM, gt=0)
+    max_text_chars: int = Field(default=5_000, gt=0)
+    # Bad rows up to this share of the input are quarantined and reported;
+    # above it the run fails.
+    max_bad_row_fraction: float = Field(default=0.02, ge=0.0, le=1.0)
+    min_rows: int = Field(default=50, gt=0)
+
+
+class FeaturizeConfig(_Section):
+    model_name: str = "all-MiniLM-L6-v2"
+    batch_size: int = Field(default=64, gt=0)
+    device: str = "cpu"
+    tfidf_max_features: int = Field(default=20_000, gt=0)
+    tfidf_svd_dim: int = Field(default=TFIDF_SVD_DIM, gt=0)
+
+
+class SplitConfig(_Section):
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+
+
+class SmoteConfig(_Section):
+    enabled: bool = True
+    k_neighbors: int = Field(default=5, gt=0)
+
+
+class TuneConfig(_Section):
+    search: Literal["grid", "random"] = "grid"
+    # Random search draws this many candidates; grid search ignores it.
+    n_trials: int = Field(default=12, gt=0)
+    cv_folds: int = Field(default=5, ge=2)
+    scoring: Literal["f1_macro"] = "f1_macro"
+    c_grid: list[float] = Field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0])
+    # Random search samples C log-uniformly between these.
+    c_min: float = Field(default=1e-4, gt=0)
+    c_max: float = Field(default=100.0, gt=0)
+    # 0.0 is pure L2 (lbfgs); anything above needs the saga solver, much slower.
+    l1_ratios: list[float] = Field(default_factory=lambda: [0.0])
+    max_iter: int = Field(default=300, gt=0)
+    tol: float = Field(default=1e-4, gt=0)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> TuneConfig:
+        if not self.c_grid or any(c <= 0 for c in self.c_grid):
+            raise ValueError("c_grid must list positive C values")
+        if self.c_min >= self.c_max:
+            raise ValueError("c_min must be below c_max")
+        if not self.l1_ratios or any(not 0.0 <= r <= 1.0 for r in self.l1_ratios):
+            raise ValueError("l1_ratios must be values in [0, 1]")
+        return self
+
+
+class TrainConfig(_Section):
+    # Apply SMOTE to the whole training split before the final fit, as in tuning.
+    smote: bool = True
+
+
+class RegisterConfig(_Section):
+    # A candidate must beat the champion's holdout macro-F1 by this much.
+    promotion_margin: float = Field(default=0.005, ge=0.0)
+    promote: bool = True
+    image_tag: str = "local"
+
+
+class PipelineConfig(_Section):
+    seed: int = 42
+    labels: list[str] = Field(default_factory=lambda: list(INTENTS))
+    negative_label: str = "no_privacy_intent"
+    ingest: IngestConfig = IngestConfig()
+    validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
+    featurize: FeaturizeConfig = FeaturizeConfig()
+    split: SplitConfig = SplitConfig()
+    smote: SmoteConfig = SmoteConfig()
+    tune: TuneConfig = TuneConfig()
+    train: TrainConfig = TrainConfig()
+    register: RegisterConfig = RegisterConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check_labels(self) -> PipelineConfig:
+        if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
+            raise ValueError("labels must be at least two distinct names")
+        if self.negative_label not in self.labels:
+            raise ValueError(f"negative_label {self.negative_label!r} is not one of labels")
+        return self
+
+    @property
+    def min_rows_per_class(self) -> int:
+        """Rows a class needs so that the split, stratified CV and SMOTE all work.
+
+        The holdout takes ``holdout_fraction`` of each class; each CV training
+        fold keeps (folds - 1) / folds of the rest; SMOTE needs k_neighbors + 1
+        rows of a class inside every training fold.
+        """
+        folds = self.tune.cv_folds
+        needed_in_fold = self.smote.k_neighbors + 1 if self.smote.enabled else 1
+        needed_in_train = max(folds, math.ceil(needed_in_fold * folds / (folds - 1)))
+        return max(needed_in_train + 1, math.ceil(needed_in_train / (1.0 - self.split.holdout_fraction)))
+
+
+def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted_key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise StageError(f"config: --set {dotted_key}: {part!r} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(assignment: str) -> tuple[str, Any]:
+    """``tune.search=random`` -> ("tune.search", "random"); the value is read as YAML."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise StageError(f"config: --set expects KEY=VALUE, got {assignment!r}")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    tree: dict[str, Any] = {}
+    if path:
+        config_path = Path(path)
+        try:
+            loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise StageError(f"config: {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise StageError(f"config: {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise StageError(f"config: {path} must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded or {}
+    for assignment in overrides or []:
+        key, value = parse_override(assignment)
+        _set_dotted(tree, key, value)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        source = path or "defaults"
+        raise StageError(f"config: {source}: {problems}") from exc
+
+
+def config_as_dict(config: PipelineConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json", by_alias=True)
