@@ -11,6 +11,7 @@ stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -188,10 +189,10 @@ def _stage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _report_failure(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
-    try:
-        TERMINATION_LOG.write_text(message[:4000], encoding="utf-8")
-    except OSError:
-        pass  # not in a pod
+    # The kubelet provides this file in a pod; elsewhere there is none to write.
+    if TERMINATION_LOG.exists():
+        with contextlib.suppress(OSError):
+            TERMINATION_LOG.write_text(message[:4000], encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,75 @@
+"""
+### Privacy-intent data watch
+
+Starts a training run when labelled data is uploaded outside the daily schedule.
+
+Uploads go to `gs://<bucket>/incoming/privacy_intent/<batch>/` (one folder per batch,
+CSV or Parquet part files). Every 15 minutes:
+
+1. `wait_for_upload`: a deferrable `GCSUploadSessionCompleteSensor` (on the triggerer) waits until the
+   objects under the incoming prefix stop changing, so a batch still being uploaded is not trained half-way;
+   with no upload at all it gives up quietly (skipped) before the next check.
+2. `find_new_batches`: fingerprints each batch by its objects' names, sizes and MD5 hashes (content,
+   not generation, so uploading the same bytes again changes nothing).
+3. `train_on_batch`: triggers `privacy_intent_training` once per batch with run id
+   `upload__<batch>__<fingerprint>` and `data_prefix` set to the batch; a run with that id already
+   existing means this exact data was trained before, and the trigger is skipped.
+
+**XCom**: `find_new_batches` returns `[{"trigger_run_id", "conf": {"data_prefix"}}]`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.google.cloud.sensors.gcs import GCSUploadSessionCompleteSensor
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, task
+
+from privacy_pipeline_airflow.settings import get_settings
+
+settings = get_settings()
+INCOMING = settings.incoming_prefix.strip("/") + "/"
+
+with DAG(
+    dag_id="privacy_intent_data_watch",
+    description="Trigger privacy_intent_training once per newly uploaded batch of labelled data",
+    schedule="*/15 * * * *",
+    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    tags=["privacy-intent", "sensor", "trigger"],
+    doc_md=__doc__,
+) as dag:
+    wait_for_upload = GCSUploadSessionCompleteSensor(
+        task_id="wait_for_upload",
+        bucket=settings.bucket,
+        prefix=INCOMING,
+        google_cloud_conn_id=settings.gcp_conn_id,
+        inactivity_period=60,
+        min_objects=1,
+        allow_delete=True,
+        deferrable=True,
+        poke_interval=30,
+        timeout=int(timedelta(minutes=14).total_seconds()),
+        soft_fail=True,
+    )
+
+    @task
+    def find_new_batches() -> list[dict]:
+        """One trigger per batch folder, keyed by a fingerprint of its content."""
+        from privacy_pipeline_airflow.upload_batches import batch_triggers
+
+        return batch_triggers(settings)
+
+    batches = find_new_batches()
+    train_on_batch = TriggerDagRunOperator.partial(
+        task_id="train_on_batch",
+        trigger_dag_id="privacy_intent_training",
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+    ).expand_kwargs(batches)
+
+    wait_for_upload >> batches >> train_on_batch

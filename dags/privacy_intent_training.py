@@ -1,0 +1,123 @@
+"""
+### Privacy-intent training
+
+Trains, evaluates and registers the privacy-intent classifier, one Kubernetes
+pod per stage (`privacy-pipeline <stage>` in the pipeline image).
+
+**When it runs**
+- daily at 02:00 UTC on that day's partition `gs://<bucket>/raw/privacy_intent/ds={{ ds }}/`;
+- from the web UI's Trigger button, with the Params below;
+- from `privacy_intent_data_watch` when a new upload lands (its `data_prefix` Param names the upload);
+- from `airflow backfill create` for past dates: each run reads only its own `ds` partition.
+
+**Graph**: `wait_for_data` (deferrable GCS sensor) → `ingest` → `validate` → `featurize` → `split` →
+`plan_tune_shards` → `tune` (one mapped pod per shard) → `select_best` → `train` → `evaluate` → `register`.
+
+Every stage writes under the run's own prefix `gs://<bucket>/runs/<run_id>/`, so a retry, clear or
+backfill replaces its outputs. Data stays in the bucket; **XCom** carries only small metadata:
+
+| task | XCom `return_value` |
+|---|---|
+| `wait_for_data` | the matching object names |
+| `ingest` | `snapshot_uri`, `manifest_uri`, `rows`, `parts`, `content_sha256` |
+| `validate` | `validated_uri`, `report_uri`, `rows_valid`, `rows_quarantined`, `class_counts` |
+| `featurize` | `features_uri`, `mode`, `rows`, `n_features`, `sentence_model(_version)`, `texts_per_second` |
+| `split` | `train_uri`, `holdout_uri`, `train_rows`, `holdout_rows`, `class_counts` |
+| `plan_tune_shards` | the argument list of each tune pod |
+| `tune` (per shard) | `shard`, `num_shards`, `candidates`, `best_candidate_id`, `best_score`, `shard_uri` |
+| `select_best` | `best_candidate_id`, `best_params`, `cv_f1_macro`, `n_candidates` |
+| `train` | `model_uri`, `params`, `train_rows`, `resampled_rows`, `fit_seconds` |
+| `evaluate` | `metrics_uri`, `f1_macro`, `accuracy`, `roc_auc_ovr`, `baseline_f1_macro`, `plot_uris` |
+| `register` | `model_version`, `model_uri`, `promoted`, `decision_reason`, `candidate_f1_macro`, |
+|  | `champion_f1_macro` (on this holdout), `champion_version` |
+
+**Params** (manual trigger): `data_prefix` (a prefix inside the bucket; empty = the `ds` partition),
+`search` (grid/random), `n_trials` (random search), `num_shards` (tune pods), `promote`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.google.cloud.sensors.gcs import GCSObjectsWithPrefixExistenceSensor
+from airflow.sdk import DAG, Param, task
+
+from privacy_pipeline_airflow import run_templates
+from privacy_pipeline_airflow.settings import get_settings
+from privacy_pipeline_airflow.stage_pod import StagePodOperator, stage_arguments, stage_pod, stage_pod_kwargs
+
+settings = get_settings()
+RUN = run_templates.run_uri(settings)
+
+with DAG(
+    dag_id="privacy_intent_training",
+    description="Train, evaluate and register the privacy-intent classifier, one pod per stage",
+    schedule="0 2 * * *",
+    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=6),
+    default_args={"owner": "ml-platform", "retries": settings.retries},
+    tags=["privacy-intent", "training", "kubernetes"],
+    doc_md=__doc__,
+    user_defined_filters=run_templates.USER_DEFINED_FILTERS,
+    params={
+        "data_prefix": Param(
+            None,
+            type=["null", "string"],
+            pattern=run_templates.DATA_PREFIX_PATTERN,
+            title="Data prefix",
+            description="Objects to train on, inside the configured bucket (e.g. raw/privacy_intent/ds=2026-11-20/). "
+            "Empty: the logical date's partition.",
+        ),
+        "search": Param("grid", enum=["grid", "random"], title="Search", description="Hyperparameter search mode"),
+        "n_trials": Param(12, type="integer", minimum=1, maximum=200, title="Random-search trials"),
+        "num_shards": Param(2, type="integer", minimum=1, maximum=16, title="Tune pods"),
+        "promote": Param(True, type="boolean", title="Promote", description="Let the gate promote a better model"),
+    },
+) as dag:
+    wait_for_data = GCSObjectsWithPrefixExistenceSensor(
+        task_id="wait_for_data",
+        bucket=settings.bucket,
+        prefix=run_templates.data_prefix(settings),
+        google_cloud_conn_id=settings.gcp_conn_id,
+        deferrable=True,
+        poke_interval=300,
+        timeout=int(timedelta(hours=6).total_seconds()),
+    )
+
+    ingest = stage_pod("ingest", "--source", run_templates.source_uri(settings), "--run", RUN)
+    validate = stage_pod("validate", "--run", RUN)
+    featurize = stage_pod("featurize", "--run", RUN)
+    split = stage_pod("split", "--run", RUN)
+
+    @task
+    def plan_tune_shards(run_uri: str, num_shards: str, search: str, n_trials: str) -> list[list[str]]:
+        """One argument list per tune pod: the same search, a different share of its candidates."""
+        overrides = {"tune.search": search, "tune.n_trials": n_trials}
+        shards = int(num_shards)
+        return [
+            stage_arguments(
+                "tune", "--run", run_uri, "--shard", str(i), "--num-shards", str(shards), config_overrides=overrides
+            )
+            for i in range(shards)
+        ]
+
+    tune_shards = plan_tune_shards(RUN, "{{ params.num_shards }}", "{{ params.search }}", "{{ params.n_trials }}")
+    tune = StagePodOperator.partial(task_id="tune", **stage_pod_kwargs("tune")).expand(arguments=tune_shards)
+
+    select_best = stage_pod("select", "--run", RUN, task_id="select_best")
+    train = stage_pod("train", "--run", RUN)
+    evaluate = stage_pod("evaluate", "--run", RUN)
+    register = stage_pod(
+        "register",
+        "--run",
+        RUN,
+        "--registry",
+        run_templates.registry_uri(settings),
+        config_overrides={"register.promote": "{{ params.promote | lower }}"},
+    )
+
+    wait_for_data >> ingest >> validate >> featurize >> split >> tune_shards
+    tune_shards >> tune >> select_best >> train >> evaluate >> register

@@ -1,0 +1,1 @@
+"""The embedded default stack (local Airflow, GCS emulator, local pod runtime) and the demo."""

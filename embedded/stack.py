@@ -1,0 +1,145 @@
+"""The embedded default: local Airflow (SQLite), a GCS emulator on 127.0.0.1 as the bucket, pods run locally.
+
+Used by ``make demo``, ``make airflow`` and the end-to-end tests, so all three
+run the same wiring: the real DAG files and plugins, an anonymous
+``google_cloud_default`` connection from an ``AIRFLOW_CONN_*`` variable, and
+``PIPELINE_POD_RUNTIME=local`` with the ConfigMap the stage pods read their
+env from written as a Kubernetes manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+AIRFLOW_BIN = REPO / ".venv" / "airflow" / "bin"
+PIPELINE_BIN = REPO / ".venv" / "pipeline" / "bin"
+BUCKET = "privacy-intent-data"
+PROJECT = "privacy-intent-local"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"GCS emulator exited with code {process.returncode} before listening")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"GCS emulator did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+@dataclass(frozen=True)
+class Stack:
+    home: Path
+    emulator_host: str
+    env: dict[str, str]
+
+    def airflow(self, *args: str, check: bool = True, log_file: Path | None = None) -> subprocess.CompletedProcess:
+        """Run the ``airflow`` CLI against this stack."""
+        command = [str(AIRFLOW_BIN / "airflow"), *args]
+        if log_file is None:
+            return subprocess.run(command, env=self.env, check=check, text=True, capture_output=True)
+        with log_file.open("a", encoding="utf-8") as handle:
+            return subprocess.run(
+                command, env=self.env, check=check, text=True, stdout=handle, stderr=subprocess.STDOUT
+            )
+
+    def pipeline(self, *args: str) -> subprocess.CompletedProcess:
+        """Run the stage CLI against this stack's bucket (e.g. to write synthetic data)."""
+        env = {**self.env, "HF_HUB_OFFLINE": "1"}
+        return subprocess.run(
+            [str(PIPELINE_BIN / "privacy-pipeline"), *args], env=env, check=True, text=True, capture_output=True
+        )
+
+
+def _cluster_manifests(emulator_host: str) -> str:
+    """What `kubectl apply` would create in the namespace; the local runtime resolves pod env from it."""
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "privacy-pipeline-env", "namespace": "privacy-pipeline"},
+        "data": {
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "STORAGE_EMULATOR_HOST": emulator_host,
+            "PIPELINE_LOG_LEVEL": "INFO",
+        },
+    }
+    return yaml.safe_dump(config_map, sort_keys=False)
+
+
+@contextmanager
+def embedded_stack(home: Path, *, in_memory: bool = False, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """Start the GCS emulator and yield the environment that points Airflow and the stages at it."""
+    home.mkdir(parents=True, exist_ok=True)
+    gcs_dir = home / "gcs"
+    gcs_dir.mkdir(exist_ok=True)
+    port = free_port()
+    emulator_host = f"http://127.0.0.1:{port}"
+    command = [
+        str(AIRFLOW_BIN / "gcp-storage-emulator"),
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--default-bucket",
+        BUCKET,
+        "--quiet",
+    ]
+    if in_memory:
+        command.append("--in-memory")
+    emulator_log = (home / "gcs-emulator.log").open("a", encoding="utf-8")
+    emulator = subprocess.Popen(command, cwd=gcs_dir, stdout=emulator_log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, emulator)
+        cluster_file = home / "cluster.yaml"
+        cluster_file.write_text(_cluster_manifests(emulator_host), encoding="utf-8")
+        airflow_home = home / "airflow"
+        airflow_home.mkdir(exist_ok=True)
+        connection = {"conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": PROJECT}}
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": json.dumps(connection),
+            "STORAGE_EMULATOR_HOST": emulator_host,
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "PIPELINE_BUCKET": BUCKET,
+            "PIPELINE_POD_RUNTIME": "local",
+            "PIPELINE_LOCAL_BIN_DIR": str(PIPELINE_BIN),
+            "PIPELINE_LOCAL_CLUSTER_FILE": str(cluster_file),
+            # The emulator needs no credentials, so no credentials Secret is mounted.
+            "PIPELINE_GCP_CREDENTIALS_SECRET": "",
+            "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            **(extra_env or {}),
+        }
+        yield Stack(home=home, emulator_host=emulator_host, env=env)
+    finally:
+        emulator.terminate()
+        try:
+            emulator.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            emulator.kill()
+        emulator_log.close()

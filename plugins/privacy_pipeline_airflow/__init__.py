@@ -1,0 +1,1 @@
+"""The Airflow side of the privacy-intent pipeline: stage pods, settings, the local pod runtime."""

@@ -1,0 +1,240 @@
+"""Run a rendered stage pod on this machine instead of a cluster.
+
+The pod spec that ``StagePodOperator`` renders is the contract; nothing here
+goes around it. From the pod's main container we take the command, args and
+env exactly as rendered and resolve what a kubelet would: ``configMapRef`` /
+``secretRef`` / ``*KeyRef`` values from Kubernetes ConfigMap and Secret
+manifests in ``PIPELINE_LOCAL_CLUSTER_FILE``, ``fieldRef`` from the pod's
+metadata, and volumes as temp directories (emptyDir empty, Secret/ConfigMap
+volumes holding their keys as files; env values under a mount path are
+pointed at its directory). The process starts with no environment but the
+pod's and the image's own ``ENV``, gets ``XCOM_RETURN_PATH`` pointing into
+its XCom volume, and its XCom JSON is returned as the sidecar would return it.
+
+The command is found in the stage package's venv (``PIPELINE_LOCAL_BIN_DIR``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from airflow.providers.common.compat.sdk import AirflowException
+from kubernetes.client import models as k8s
+
+from privacy_pipeline_airflow.settings import PipelineSettings
+
+XCOM_MOUNT = "/airflow/xcom"
+BASE_CONTAINER = "base"
+# The image's ENV (images/pipeline/Dockerfile); a test keeps the two in step.
+IMAGE_ENV = {
+    "HOME": "/tmp",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MPLCONFIGDIR": "/tmp/matplotlib",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+
+
+class PodFailed(AirflowException):
+    """The stage's main container exited non-zero; the message carries its termination reason."""
+
+
+@dataclass
+class LocalCluster:
+    """The ConfigMaps and Secrets a kubelet would resolve env and volumes from."""
+
+    config_maps: dict[str, dict[str, str]] = field(default_factory=dict)
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: str) -> LocalCluster:
+        cluster = cls()
+        if not path:
+            return cluster
+        for manifest in yaml.safe_load_all(Path(path).read_text(encoding="utf-8")):
+            if not manifest:
+                continue
+            name = manifest["metadata"]["name"]
+            if manifest["kind"] == "ConfigMap":
+                cluster.config_maps[name] = {k: str(v) for k, v in (manifest.get("data") or {}).items()}
+            elif manifest["kind"] == "Secret":
+                values = {k: base64.b64decode(v).decode() for k, v in (manifest.get("data") or {}).items()}
+                values.update({k: str(v) for k, v in (manifest.get("stringData") or {}).items()})
+                cluster.secrets[name] = values
+        return cluster
+
+    def config_map(self, name: str, optional: bool | None) -> dict[str, str]:
+        if name not in self.config_maps and not optional:
+            raise AirflowException(f"local runtime: ConfigMap {name!r} is not defined in the local cluster file")
+        return self.config_maps.get(name, {})
+
+    def secret(self, name: str, optional: bool | None) -> dict[str, str]:
+        if name not in self.secrets and not optional:
+            raise AirflowException(f"local runtime: Secret {name!r} is not defined in the local cluster file")
+        return self.secrets.get(name, {})
+
+
+def pod_yaml(pod: k8s.V1Pod) -> str:
+    from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+
+    return yaml.safe_dump(PodGenerator.serialize_pod(pod), sort_keys=False)
+
+
+def main_container(pod: k8s.V1Pod) -> k8s.V1Container:
+    for container in pod.spec.containers:
+        if container.name == BASE_CONTAINER:
+            return container
+    raise AirflowException(f"pod {pod.metadata.name} has no {BASE_CONTAINER!r} container")
+
+
+def _materialise_volumes(
+    pod: k8s.V1Pod, container: k8s.V1Container, cluster: LocalCluster, root: Path
+) -> dict[str, Path]:
+    """Mount path -> a local directory with what the volume would hold."""
+    volumes = {v.name: v for v in pod.spec.volumes or []}
+    mounted: dict[str, Path] = {}
+    for mount in container.volume_mounts or []:
+        volume = volumes[mount.name]
+        directory = root / "volumes" / mount.name
+        directory.mkdir(parents=True, exist_ok=True)
+        if volume.secret is not None:
+            for key, value in cluster.secret(volume.secret.secret_name, volume.secret.optional).items():
+                (directory / key).write_text(value, encoding="utf-8")
+        elif volume.config_map is not None:
+            for key, value in cluster.config_map(volume.config_map.name, volume.config_map.optional).items():
+                (directory / key).write_text(value, encoding="utf-8")
+        mounted[mount.mount_path] = directory
+    return mounted
+
+
+def _resolve_env(pod: k8s.V1Pod, container: k8s.V1Container, cluster: LocalCluster) -> dict[str, str]:
+    env: dict[str, str] = {}
+    # Kubernetes applies envFrom first; explicit env entries win.
+    for source in container.env_from or []:
+        if source.config_map_ref is not None:
+            values = cluster.config_map(source.config_map_ref.name, source.config_map_ref.optional)
+        else:
+            values = cluster.secret(source.secret_ref.name, source.secret_ref.optional)
+        env.update({f"{source.prefix or ''}{k}": v for k, v in values.items()})
+    metadata = {"metadata.name": pod.metadata.name, "metadata.namespace": pod.metadata.namespace}
+    for var in container.env or []:
+        if var.value_from is None:
+            env[var.name] = var.value or ""
+            continue
+        ref = var.value_from
+        if ref.field_ref is not None:
+            env[var.name] = metadata.get(ref.field_ref.field_path, "")
+        elif ref.config_map_key_ref is not None:
+            key_ref = ref.config_map_key_ref
+            env[var.name] = cluster.config_map(key_ref.name, key_ref.optional).get(key_ref.key, "")
+        elif ref.secret_key_ref is not None:
+            key_ref = ref.secret_key_ref
+            env[var.name] = cluster.secret(key_ref.name, key_ref.optional).get(key_ref.key, "")
+    return env
+
+
+def _point_into_volumes(env: Mapping[str, str], mounted: Mapping[str, Path]) -> dict[str, str]:
+    """An env value naming a path under a mount (GOOGLE_APPLICATION_CREDENTIALS) points at its local directory."""
+    resolved = {}
+    for name, value in env.items():
+        for mount_path, directory in mounted.items():
+            if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+                value = str(directory) + value[len(mount_path.rstrip("/")) :]
+                break
+        resolved[name] = value
+    return resolved
+
+
+def _termination_reason(returncode: int, stderr_tail: list[str]) -> str:
+    if returncode < 0:
+        return f"killed by signal {-returncode}"
+    for line in reversed(stderr_tail):
+        if line.startswith("error: "):
+            return line[len("error: ") :]
+    return stderr_tail[-1] if stderr_tail else "no output"
+
+
+def run_pod(pod: k8s.V1Pod, *, runtime: str, settings: PipelineSettings, log: logging.Logger) -> Any:
+    """Run the pod's main container here and return its XCom, as KubernetesPodOperator would."""
+    log.debug("Rendered pod (what the cluster would run):\n%s", pod_yaml(pod))
+    container = main_container(pod)
+    cluster = LocalCluster.from_file(settings.local_cluster_file)
+    command = [*(container.command or []), *(container.args or [])]
+    with tempfile.TemporaryDirectory(prefix=f"pod-{pod.metadata.name}-") as pod_root:
+        root = Path(pod_root)
+        mounted = _materialise_volumes(pod, container, cluster, root)
+        scratch = mounted.get("/tmp", root / "scratch")
+        scratch.mkdir(parents=True, exist_ok=True)
+        xcom_dir = root / "xcom"
+        xcom_dir.mkdir()
+        env = {**IMAGE_ENV, **_resolve_env(pod, container, cluster)}
+        env = _point_into_volumes(env, mounted)
+        env.update(
+            {
+                "HOME": str(scratch),
+                "TMPDIR": str(scratch),
+                "MPLCONFIGDIR": str(scratch / "matplotlib"),
+                "XCOM_RETURN_PATH": str(xcom_dir / "return.json"),
+            }
+        )
+        path = os.pathsep.join(p for p in (settings.local_bin_dir, "/usr/local/bin", "/usr/bin", "/bin") if p)
+        env["PATH"] = path
+        executable = shutil.which(command[0], path=path)
+        if executable is None:
+            raise AirflowException(f"local runtime: {command[0]!r} is not on {path}; set PIPELINE_LOCAL_BIN_DIR")
+        argv = [executable, *command[1:]]
+        log.info("Running pod %s locally (%s runtime): %s", pod.metadata.name, runtime, " ".join(command))
+        returncode, stderr_tail = _stream(argv, env, pod.spec.active_deadline_seconds, log)
+        if returncode != 0:
+            reason = _termination_reason(returncode, stderr_tail)
+            raise PodFailed(f"Pod {pod.metadata.name} failed (exit code {returncode}): {reason}")
+        return_json = xcom_dir / "return.json"
+        if not return_json.is_file():
+            raise AirflowException(f"Pod {pod.metadata.name} succeeded but wrote no {XCOM_MOUNT}/return.json")
+        return json.loads(return_json.read_text(encoding="utf-8"))
+
+
+def _stream(
+    argv: list[str], env: Mapping[str, str], deadline_seconds: int | None, log: logging.Logger
+) -> tuple[int, list[str]]:
+    """Run ``argv``, forwarding its output line by line to the task log like the pod log stream."""
+    process = subprocess.Popen(
+        argv, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    # Kubernetes kills a pod past activeDeadlineSeconds; so do we.
+    deadline_passed = threading.Event()
+
+    def _kill_at_deadline() -> None:
+        deadline_passed.set()
+        process.kill()
+
+    deadline = threading.Timer(deadline_seconds, _kill_at_deadline) if deadline_seconds else None
+    if deadline:
+        deadline.start()
+    tail: list[str] = []
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            log.info("[base] %s", line)
+            tail = [*tail[-19:], line]
+        returncode = process.wait()
+    finally:
+        if deadline:
+            deadline.cancel()
+    if deadline_passed.is_set():
+        tail.append(f"DeadlineExceeded: ran longer than activeDeadlineSeconds={deadline_seconds}")
+    return returncode, tail

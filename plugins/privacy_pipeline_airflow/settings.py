@@ -1,0 +1,129 @@
+"""Typed settings of the Airflow side: image, namespace, bucket, pod runtime, resources per stage.
+
+Read once from ``PIPELINE_*`` environment variables (set by the Helm values in
+production and by ``make demo`` locally), so DAG parsing never touches the
+metadata database. Nested values use ``__``:
+``PIPELINE_RESOURCES__FEATURIZE__MEMORY_LIMIT=8Gi``. An unknown or malformed
+value fails DAG import with the variable's name.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+STAGES = ("ingest", "validate", "featurize", "split", "tune", "select", "train", "evaluate", "register")
+CONVERSATION_STAGES = ("conversations",)
+
+# Bucket names per GCS's naming rules (lowercase, digits, -, _, .; 3-63 chars).
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+
+
+class StageResources(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu_request: str = "500m"
+    cpu_limit: str = "2"
+    memory_request: str = "1Gi"
+    memory_limit: str = "2Gi"
+    ephemeral_storage: str = "2Gi"
+    # Kubernetes kills a pod that runs longer (activeDeadlineSeconds).
+    deadline_seconds: int = Field(default=3600, gt=0)
+
+
+def _default_resources() -> dict[str, StageResources]:
+    standard = StageResources()
+    heavy = StageResources(cpu_request="2", cpu_limit="4", memory_request="4Gi", memory_limit="8Gi")
+    return {
+        "ingest": standard,
+        "validate": standard,
+        # The sentence-transformer and its batches need the most memory.
+        "featurize": heavy,
+        "split": standard,
+        "tune": heavy,
+        "select": StageResources(cpu_request="100m", cpu_limit="500m", memory_request="256Mi", memory_limit="512Mi"),
+        "train": heavy,
+        "evaluate": standard,
+        "register": standard,
+        "conversations": heavy,
+    }
+
+
+class GpuSettings(BaseModel):
+    """Optional GPU for the featurize pod: a device request plus where such nodes are."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    count: int = Field(default=1, gt=0)
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    # EKS GPU node groups carry this taint so ordinary pods stay off them.
+    toleration_key: str = "nvidia.com/gpu"
+
+
+class PipelineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_nested_delimiter="__", extra="forbid", frozen=True)
+
+    image: str = "privacy-intent-pipeline:0.1.0"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    namespace: str = "privacy-pipeline"
+    service_account: str = "privacy-pipeline-runner"
+    kubernetes_conn_id: str = "kubernetes_default"
+    gcp_conn_id: str = "google_cloud_default"
+    bucket: str = "privacy-intent-data"
+    # Where daily partitions land: <data_prefix>/ds=YYYY-MM-DD/part-*.csv|parquet
+    data_prefix: str = "raw/privacy_intent"
+    # Where uploads outside the schedule land, one folder per batch.
+    incoming_prefix: str = "incoming/privacy_intent"
+    conversations_prefix: str = "raw/conversations"
+    runs_prefix: str = "runs"
+    registry_prefix: str = "registry"
+    vector_store_prefix: str = "vector_store/conversations"
+    # Non-secret env for every stage pod (e.g. GOOGLE_CLOUD_PROJECT).
+    env_configmap: str = "privacy-pipeline-env"
+    # Kubernetes Secret holding GCP credentials as credentials.json; mounted as
+    # a file, never copied into env values. Empty when the node's identity
+    # (workload identity federation) is enough.
+    gcp_credentials_secret: str = "privacy-pipeline-gcp"
+    pod_runtime: Literal["kubernetes", "local"] = "kubernetes"
+    startup_timeout_seconds: int = Field(default=600, gt=0)
+    retries: int = Field(default=2, ge=0)
+    retry_delay_seconds: int = Field(default=60, gt=0)
+    max_retry_delay_seconds: int = Field(default=900, gt=0)
+    resources: dict[str, StageResources] = Field(default_factory=_default_resources)
+    featurize_gpu: GpuSettings = GpuSettings()
+    # Where the local runtime finds `privacy-pipeline` (the stage package's venv).
+    local_bin_dir: str = ""
+    # Kubernetes ConfigMap/Secret manifests the local runtime resolves env refs from.
+    local_cluster_file: str = ""
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        if not _BUCKET_NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid GCS bucket name")
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _resources_cover_stages(cls, value: dict[str, StageResources]) -> dict[str, StageResources]:
+        defaults = _default_resources()
+        unknown = sorted(set(value) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {sorted(defaults)}")
+        return {**defaults, **value}
+
+    def resources_for(self, stage: str) -> StageResources:
+        return self.resources.get(stage, StageResources())
+
+    def gcs_uri(self, *parts: str) -> str:
+        return "gs://" + "/".join([self.bucket, *(p.strip("/") for p in parts if p)])
+
+
+@functools.cache
+def get_settings() -> PipelineSettings:
+    return PipelineSettings()

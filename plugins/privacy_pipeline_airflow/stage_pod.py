@@ -1,0 +1,182 @@
+"""The one place a pipeline stage becomes a Kubernetes pod.
+
+Every stage task is ``stage_pod("<stage>", *args)``: the image's
+``privacy-pipeline <stage>`` CLI in a pod that meets the Pod Security Standard
+"restricted" profile on every container (the XCom sidecar included), with a
+writable emptyDir for scratch under a read-only root filesystem, env from a
+ConfigMap, GCP credentials mounted from a Secret (never copied into values),
+per-stage requests and limits, retries with exponential backoff, startup and
+active deadlines, logs streamed to the task log and the XCom JSON pushed.
+
+``PIPELINE_POD_RUNTIME`` picks who runs the rendered pod: the cluster
+(``kubernetes``) or this machine (``local``, ``image``; see local_runtime.py).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from kubernetes.client import models as k8s
+
+from privacy_pipeline_airflow.settings import PipelineSettings, get_settings
+
+STAGE_CLI = "privacy-pipeline"
+BASE_CONTAINER = "base"
+# The image's fixed non-root uid/gid (images/pipeline/Dockerfile).
+IMAGE_UID = 10001
+SCRATCH_MOUNT = "/tmp"
+GCP_CREDENTIALS_MOUNT = "/var/run/secrets/gcp"
+
+RESTRICTED_CONTAINER_SECURITY = k8s.V1SecurityContext(
+    allow_privilege_escalation=False,
+    capabilities=k8s.V1Capabilities(drop=["ALL"]),
+    read_only_root_filesystem=True,
+    run_as_non_root=True,
+    run_as_user=IMAGE_UID,
+    run_as_group=IMAGE_UID,
+    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+)
+RESTRICTED_POD_SECURITY = k8s.V1PodSecurityContext(
+    run_as_non_root=True,
+    run_as_user=IMAGE_UID,
+    run_as_group=IMAGE_UID,
+    fs_group=IMAGE_UID,
+    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+)
+
+
+class StagePodOperator(KubernetesPodOperator):
+    """KubernetesPodOperator whose rendered pod can also run on this machine.
+
+    The rendered pod spec is the contract: the local runtimes run exactly its
+    main container's command, args and env, and return what the XCom sidecar
+    would have.
+    """
+
+    def execute(self, context: Any) -> Any:
+        runtime = get_settings().pod_runtime
+        if runtime == "kubernetes":
+            return super().execute(context)
+        from privacy_pipeline_airflow.local_runtime import run_pod
+
+        pod = self.build_pod_request_obj(context, dry_run=True)
+        return run_pod(pod, runtime=runtime, settings=get_settings(), log=self.log)
+
+
+def _volumes(settings: PipelineSettings, stage: str) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:
+    volumes = [
+        k8s.V1Volume(
+            name="scratch",
+            empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=settings.resources_for(stage).ephemeral_storage),
+        )
+    ]
+    mounts = [k8s.V1VolumeMount(name="scratch", mount_path=SCRATCH_MOUNT)]
+    if settings.gcp_credentials_secret:
+        volumes.append(
+            k8s.V1Volume(
+                name="gcp-credentials",
+                secret=k8s.V1SecretVolumeSource(secret_name=settings.gcp_credentials_secret, default_mode=0o440),
+            )
+        )
+        mounts.append(k8s.V1VolumeMount(name="gcp-credentials", mount_path=GCP_CREDENTIALS_MOUNT, read_only=True))
+    return volumes, mounts
+
+
+def _env(settings: PipelineSettings) -> tuple[list[k8s.V1EnvVar], list[k8s.V1EnvFromSource]]:
+    env = [
+        k8s.V1EnvVar(name="PIPELINE_IMAGE_TAG", value=settings.image.rpartition(":")[2] or "latest"),
+        k8s.V1EnvVar(
+            name="POD_NAME",
+            value_from=k8s.V1EnvVarSource(field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.name")),
+        ),
+    ]
+    if settings.gcp_credentials_secret:
+        env.append(
+            k8s.V1EnvVar(name="GOOGLE_APPLICATION_CREDENTIALS", value=f"{GCP_CREDENTIALS_MOUNT}/credentials.json")
+        )
+    env_from = [k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=settings.env_configmap))]
+    return env, env_from
+
+
+def _resources(settings: PipelineSettings, stage: str) -> k8s.V1ResourceRequirements:
+    spec = settings.resources_for(stage)
+    requests = {"cpu": spec.cpu_request, "memory": spec.memory_request, "ephemeral-storage": spec.ephemeral_storage}
+    limits = {"cpu": spec.cpu_limit, "memory": spec.memory_limit, "ephemeral-storage": spec.ephemeral_storage}
+    if stage == "featurize" and settings.featurize_gpu.enabled:
+        limits["nvidia.com/gpu"] = str(settings.featurize_gpu.count)
+    return k8s.V1ResourceRequirements(requests=requests, limits=limits)
+
+
+def _placement(settings: PipelineSettings, stage: str) -> dict[str, Any]:
+    if stage != "featurize" or not settings.featurize_gpu.enabled:
+        return {}
+    gpu = settings.featurize_gpu
+    return {
+        "node_selector": dict(gpu.node_selector),
+        "tolerations": [k8s.V1Toleration(key=gpu.toleration_key, operator="Exists", effect="NoSchedule")],
+    }
+
+
+def stage_pod_kwargs(stage: str, settings: PipelineSettings | None = None) -> dict[str, Any]:
+    """Everything about a stage's pod except its arguments (shared by single and mapped tasks)."""
+    settings = settings or get_settings()
+    volumes, mounts = _volumes(settings, stage)
+    env, env_from = _env(settings)
+    return {
+        "name": f"privacy-{stage}",
+        "namespace": settings.namespace,
+        "kubernetes_conn_id": settings.kubernetes_conn_id,
+        "service_account_name": settings.service_account,
+        # The stage reads the bucket, never the Kubernetes API.
+        "automount_service_account_token": False,
+        "image": settings.image,
+        "image_pull_policy": settings.image_pull_policy,
+        "cmds": [STAGE_CLI],
+        "labels": {
+            "app.kubernetes.io/name": "privacy-intent-pipeline",
+            "app.kubernetes.io/component": stage,
+            "app.kubernetes.io/part-of": "privacy-intent",
+        },
+        "container_resources": _resources(settings, stage),
+        "volumes": volumes,
+        "volume_mounts": mounts,
+        "env_vars": env,
+        "env_from": env_from,
+        "security_context": RESTRICTED_POD_SECURITY,
+        "container_security_context": RESTRICTED_CONTAINER_SECURITY,
+        "xcom_sidecar_container_security_context": RESTRICTED_CONTAINER_SECURITY,
+        "do_xcom_push": True,
+        "get_logs": True,
+        "log_events_on_failure": True,
+        "on_finish_action": "delete_pod",
+        # The CLI writes its one-line failure reason here; Kubernetes shows it in the pod status.
+        "termination_message_policy": "FallbackToLogsOnError",
+        "startup_timeout_seconds": settings.startup_timeout_seconds,
+        "active_deadline_seconds": settings.resources_for(stage).deadline_seconds,
+        "retries": settings.retries,
+        "retry_delay": timedelta(seconds=settings.retry_delay_seconds),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(seconds=settings.max_retry_delay_seconds),
+        **_placement(settings, stage),
+    }
+
+
+def stage_arguments(stage: str, *stage_args: str, config_overrides: dict[str, str] | None = None) -> list[str]:
+    """``privacy-pipeline [--set k=v ...] <stage> <args>``: global flags go before the subcommand."""
+    overrides = [part for key, value in (config_overrides or {}).items() for part in ("--set", f"{key}={value}")]
+    if stage == "featurize" and get_settings().featurize_gpu.enabled:
+        overrides += ["--set", "featurize.device=cuda"]
+    return [*overrides, stage, *stage_args]
+
+
+def stage_pod(
+    stage: str, *stage_args: str, task_id: str | None = None, config_overrides: dict[str, str] | None = None
+) -> StagePodOperator:
+    """One pipeline stage as one pod; ``stage_args`` may be Jinja templates."""
+    return StagePodOperator(
+        task_id=task_id or stage,
+        arguments=stage_arguments(stage, *stage_args, config_overrides=config_overrides),
+        **stage_pod_kwargs(stage),
+    )
