@@ -1,0 +1,30 @@
+"""Test environment for the Airflow side: a throwaway AIRFLOW_HOME and settings from env vars, never a database.
+
+Set before anything imports Airflow, so DAG files parse exactly as they would
+in the scheduler, with connections and variables from ``AIRFLOW_CONN_*`` /
+``AIRFLOW_VAR_*`` rather than the metadata database.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="airflow-home-")
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": _AIRFLOW_HOME,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+        "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT": '{"conn_type": "google_cloud_platform", "extra": {"is_anonymous": true}}',
+    }
+)
+for path in (REPO / "plugins", REPO):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
