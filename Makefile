@@ -39,3 +39,8 @@ lint: setup
 test: lint
 	$(PIPELINE_BIN)/pytest -q images/pipeline/tests
 	PATH="$(CURDIR)/$(PIPELINE_BIN):$$PATH" $(AIRFLOW_BIN)/pytest -q tests
+
+## demo: run the training DAG end to end on the embedded default (local Airflow + SQLite, GCS emulator, local pods)
+.PHONY: demo
+demo: setup
+	$(AIRFLOW_BIN)/python -m embedded.demo

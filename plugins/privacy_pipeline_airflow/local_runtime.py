@@ -159,6 +159,8 @@ def _point_into_volumes(env: Mapping[str, str], mounted: Mapping[str, Path]) -> 
 
 
 def _termination_reason(returncode: int, stderr_tail: list[str]) -> str:
+    if stderr_tail and stderr_tail[-1].startswith("DeadlineExceeded"):
+        return stderr_tail[-1]
     if returncode < 0:
         return f"killed by signal {-returncode}"
     for line in reversed(stderr_tail):
