@@ -7,7 +7,7 @@ Uploads go to `gs://<bucket>/incoming/privacy_intent/<batch>/` (one folder per b
 CSV or Parquet part files). Every 15 minutes:
 
 1. `wait_for_upload`: a deferrable `GCSUploadSessionCompleteSensor` (on the triggerer) waits until the
-   objects under the incoming prefix stop changing, so a batch still being uploaded is not trained half-way;
+   objects under the incoming prefix stop changing (`PIPELINE_UPLOAD_INACTIVITY_SECONDS`), so a batch still being uploaded is not trained half-way;
    with no upload at all it gives up quietly (skipped) before the next check.
 2. `find_new_batches`: fingerprints each batch by its objects' names, sizes and MD5 hashes (content,
    not generation, so uploading the same bytes again changes nothing).
@@ -48,11 +48,11 @@ with DAG(
         bucket=settings.bucket,
         prefix=INCOMING,
         google_cloud_conn_id=settings.gcp_conn_id,
-        inactivity_period=60,
+        inactivity_period=settings.upload_inactivity_seconds,
         min_objects=1,
         allow_delete=True,
         deferrable=True,
-        poke_interval=30,
+        poke_interval=min(30, settings.upload_inactivity_seconds),
         timeout=int(timedelta(minutes=14).total_seconds()),
         soft_fail=True,
     )

@@ -12,41 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from embedded.stack import AIRFLOW_BIN, BUCKET, REPO, Stack, embedded_stack
+from embedded.stack import BUCKET, REPO, embedded_stack
 
 DAG_ID = "privacy_intent_training"
-
-
-def _xcoms(stack: Stack, run_id: str) -> dict[str, list]:
-    """The run's XCom return values by task, read from Airflow's metadata database."""
-    script = f"""
-import json
-from sqlalchemy import select
-from airflow.models.xcom import XComModel
-from airflow.utils.session import create_session
-with create_session() as session:
-    rows = session.execute(select(XComModel.task_id, XComModel.map_index, XComModel.value).where(
-        XComModel.dag_id == {DAG_ID!r}, XComModel.run_id == {run_id!r}, XComModel.key == "return_value"))
-    out = {{}}
-    for task_id, map_index, value in rows:
-        out.setdefault(task_id, []).append([map_index, value if not isinstance(value, str) else json.loads(value)])
-print(json.dumps(out))
-"""
-    result = subprocess.run(
-        [str(AIRFLOW_BIN / "python"), "-c", script], env=stack.env, check=True, text=True, capture_output=True
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def _run_state(stack: Stack, run_id: str) -> str:
-    result = stack.airflow("dags", "state", DAG_ID, run_id, check=False)
-    return (result.stdout.strip().splitlines() or ["unknown"])[-1]
 
 
 STAGE_LINES = {
@@ -116,13 +89,12 @@ def main(argv: list[str] | None = None) -> int:
                 "synth", "--out", partition, "--rows", str(args.rows), "--seed", str(args.seed)
             ).stdout.strip()
         )
-        # A logical date to the second gives each demo its own run (and run prefix) on today's partition.
+        # `dags test` names each run manual__<now>: each demo gets its own run prefix on today's partition.
         logical_date = now.isoformat()
-        run_id = f"manual__{logical_date}"
         print(f"Running the DAG: airflow dags test {DAG_ID} {logical_date}  (log: {log_file})")
         test = stack.airflow("dags", "test", DAG_ID, logical_date, check=False, log_file=log_file)
-        state = _run_state(stack, run_id)
-        xcoms = _xcoms(stack, run_id)
+        run_id, state = stack.latest_run(DAG_ID)
+        xcoms = stack.xcoms(DAG_ID, run_id)
         if test.returncode != 0 or state != "success":
             print(f"\nThe run ended in state {state!r}; the last lines of {log_file}:", file=sys.stderr)
             print("\n".join(log_file.read_text(encoding="utf-8").splitlines()[-40:]), file=sys.stderr)

@@ -62,6 +62,46 @@ class Stack:
                 command, env=self.env, check=check, text=True, stdout=handle, stderr=subprocess.STDOUT
             )
 
+    def xcoms(self, dag_id: str, run_id: str) -> dict[str, list]:
+        """A run's XCom return values by task as ``[[map_index, value], ...]``, from Airflow's metadata database."""
+        script = f"""
+import json
+from sqlalchemy import select
+from airflow.models.xcom import XComModel
+from airflow.utils.session import create_session
+with create_session() as session:
+    rows = session.execute(select(XComModel.task_id, XComModel.map_index, XComModel.value).where(
+        XComModel.dag_id == {dag_id!r}, XComModel.run_id == {run_id!r}, XComModel.key == "return_value"))
+    out = {{}}
+    for task_id, map_index, value in rows:
+        out.setdefault(task_id, []).append([map_index, json.loads(value) if isinstance(value, str) else value])
+print(json.dumps(out))
+"""
+        result = subprocess.run(
+            [str(AIRFLOW_BIN / "python"), "-c", script], env=self.env, check=True, text=True, capture_output=True
+        )
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def latest_run(self, dag_id: str) -> tuple[str, str]:
+        """(run_id, state) of the DAG's most recently created run."""
+        script = f"""
+from sqlalchemy import select
+from airflow.models.dagrun import DagRun
+from airflow.utils.session import create_session
+with create_session() as session:
+    run = session.scalars(select(DagRun).where(DagRun.dag_id == {dag_id!r}).order_by(DagRun.id.desc()).limit(1)).first()
+    print(f"{{run.run_id}} {{run.state}}" if run else "- none")
+"""
+        result = subprocess.run(
+            [str(AIRFLOW_BIN / "python"), "-c", script], env=self.env, check=True, text=True, capture_output=True
+        )
+        run_id, state = result.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+        return run_id, state
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        result = self.airflow("dags", "state", dag_id, run_id, check=False)
+        return (result.stdout.strip().splitlines() or ["unknown"])[-1]
+
     def pipeline(self, *args: str) -> subprocess.CompletedProcess:
         """Run the stage CLI against this stack's bucket (e.g. to write synthetic data)."""
         env = {**self.env, "HF_HUB_OFFLINE": "1"}

@@ -28,3 +28,9 @@ os.environ.update(
 for path in (REPO / "plugins", REPO):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "e2e: runs DAGs through `airflow dags test` on the embedded stack (minutes)")
+    config.addinivalue_line("markers", "image: builds or runs the container image with buildah (slow)")
+    config.addinivalue_line("markers", "system: against a running Airflow (api-server, scheduler, triggerer)")

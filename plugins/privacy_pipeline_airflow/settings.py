@@ -79,6 +79,8 @@ class PipelineSettings(BaseSettings):
     data_prefix: str = "raw/privacy_intent"
     # Where uploads outside the schedule land, one folder per batch.
     incoming_prefix: str = "incoming/privacy_intent"
+    # An upload counts as complete once its objects stop changing for this long.
+    upload_inactivity_seconds: int = Field(default=60, gt=0)
     conversations_prefix: str = "raw/conversations"
     runs_prefix: str = "runs"
     registry_prefix: str = "registry"
