@@ -7,8 +7,9 @@ Uploads go to `gs://<bucket>/incoming/privacy_intent/<batch>/` (one folder per b
 CSV or Parquet part files). Every 15 minutes:
 
 1. `wait_for_upload`: a deferrable `GCSUploadSessionCompleteSensor` (on the triggerer) waits until the
-   objects under the incoming prefix stop changing (`PIPELINE_UPLOAD_INACTIVITY_SECONDS`), so a batch still being uploaded is not trained half-way;
-   with no upload at all it gives up quietly (skipped) before the next check.
+   objects under the incoming prefix stop changing for `PIPELINE_UPLOAD_INACTIVITY_SECONDS`, so a batch
+   still being uploaded is not trained half-way; with no upload at all it gives up quietly (skipped)
+   before the next check.
 2. `find_new_batches`: fingerprints each batch by its objects' names, sizes and MD5 hashes (content,
    not generation, so uploading the same bytes again changes nothing).
 3. `train_on_batch`: triggers `privacy_intent_training` once per batch with run id
