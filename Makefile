@@ -44,3 +44,14 @@ test: lint
 .PHONY: demo
 demo: setup
 	$(AIRFLOW_BIN)/python -m embedded.demo
+
+## airflow: start a local Airflow 3 (api-server + web UI, scheduler, dag-processor, triggerer) on 127.0.0.1:8080 with PostgreSQL; Ctrl-C stops it
+.PHONY: airflow
+airflow: setup postgres
+	$(AIRFLOW_BIN)/python -m embedded.services
+
+# PostgreSQL from Debian's packages, the metadata database of `make airflow` and the system tests.
+.PHONY: postgres
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)

@@ -1,0 +1,72 @@
+"""The demo path, end to end: the real training DAG, every stage from its rendered pod, on small data."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedded.stack import BUCKET, Stack
+
+pytestmark = pytest.mark.e2e
+DAG_ID = "privacy_intent_training"
+
+
+def _partition(ds: str) -> str:
+    return f"gs://{BUCKET}/raw/privacy_intent/ds={ds}/part-0000.csv"
+
+
+def _run(stack: Stack, logical_date: str, conf: str = '{"num_shards": 2}') -> tuple[str, dict]:
+    result = stack.airflow("dags", "test", DAG_ID, logical_date, "--conf", conf, check=False)
+    run_id, state = stack.latest_run(DAG_ID)
+    assert state == "success", result.stdout[-4000:] + result.stderr[-2000:]
+    xcoms = {task: values[0][1] if len(values) == 1 else values for task, values in stack.xcoms(DAG_ID, run_id).items()}
+    return run_id, xcoms
+
+
+@pytest.fixture(scope="module")
+def first_run(stack: Stack) -> tuple[str, dict]:
+    stack.pipeline("synth", "--out", _partition("2026-11-20"), "--rows", "900", "--seed", "11")
+    return _run(stack, "2026-11-20T02:00:00+00:00")
+
+
+def test_every_stage_ran_and_reported_through_xcom(first_run) -> None:
+    _, xcoms = first_run
+    assert xcoms["ingest"]["rows"] == 900
+    assert xcoms["validate"]["rows_valid"] + xcoms["validate"]["rows_quarantined"] == 900
+    assert xcoms["featurize"]["mode"] == "text"
+    assert xcoms["split"]["train_rows"] + xcoms["split"]["holdout_rows"] == xcoms["validate"]["rows_valid"]
+    assert sorted(shard["shard"] for _, shard in xcoms["tune"]) == [0, 1]
+    assert xcoms["select_best"]["n_candidates"] == sum(shard["candidates"] for _, shard in xcoms["tune"])
+
+
+def test_holdout_metrics_are_honest_and_beat_the_majority_baseline(first_run) -> None:
+    _, xcoms = first_run
+    evaluate = xcoms["evaluate"]
+    assert 0.0 <= evaluate["baseline_f1_macro"] < 0.3
+    assert evaluate["f1_macro"] > evaluate["baseline_f1_macro"] + 0.3
+    assert 0.5 < evaluate["roc_auc_ovr"] <= 1.0
+
+
+def test_the_first_model_is_registered_and_becomes_champion(first_run, bucket) -> None:
+    _, xcoms = first_run
+    register = xcoms["register"]
+    assert register["promoted"] is True
+    assert register["champion_version"] == register["model_version"]
+    version = register["model_version"]
+    names = {blob.name for blob in bucket.list_blobs(prefix="registry/")}
+    assert f"registry/models/{version}/model.skops" in names
+    assert f"registry/models/{version}/metadata.json" in names
+    assert f"registry/runs/{version}.json" in names
+    assert "registry/champion.json" in names
+
+
+def test_a_second_logical_date_reads_only_its_partition_and_faces_the_champion(first_run, stack, bucket) -> None:
+    stack.pipeline("synth", "--out", _partition("2026-11-21"), "--rows", "700", "--seed", "12")
+    run_id, xcoms = _run(stack, "2026-11-21T02:00:00+00:00", conf='{"num_shards": 1, "promote": true}')
+    assert xcoms["ingest"]["rows"] == 700
+    sources = xcoms["wait_for_data"]
+    assert sources == ["raw/privacy_intent/ds=2026-11-21/part-0000.csv"]
+    register = xcoms["register"]
+    assert register["champion_f1_macro"] is not None  # the first champion was scored on this run's holdout
+    assert register["model_version"] != first_run[1]["register"]["model_version"]
+    runs = [blob.name for blob in bucket.list_blobs(prefix="registry/runs/")]
+    assert len(runs) == 2
