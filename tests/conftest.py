@@ -7,13 +7,16 @@ in the scheduler, with connections and variables from ``AIRFLOW_CONN_*`` /
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="airflow-home-")
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, True)
 
 os.environ.update(
     {
