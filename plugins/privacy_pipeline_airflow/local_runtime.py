@@ -17,6 +17,7 @@ The command is found in the stage package's venv (``PIPELINE_LOCAL_BIN_DIR``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -24,15 +25,19 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 from airflow.providers.common.compat.sdk import AirflowException
 from kubernetes.client import models as k8s
+from kubernetes.utils import parse_quantity
 
+from privacy_pipeline_airflow.pod_failures import OOM_KILLED
 from privacy_pipeline_airflow.settings import PipelineSettings
 
 XCOM_MOUNT = "/airflow/xcom"
@@ -49,7 +54,12 @@ IMAGE_ENV = {
 
 
 class PodFailed(AirflowException):
-    """The stage's main container exited non-zero; the message carries its termination reason."""
+    """The stage's main container exited non-zero, with Kubernetes' reason (OOMKilled, DeadlineExceeded, Error)."""
+
+    def __init__(self, pod_name: str, exit_code: int, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(f"Pod {pod_name} failed (exit code {exit_code}, {reason}): {message}")
 
 
 @dataclass
@@ -158,14 +168,13 @@ def _point_into_volumes(env: Mapping[str, str], mounted: Mapping[str, Path]) -> 
     return resolved
 
 
-def _termination_reason(returncode: int, stderr_tail: list[str]) -> str:
-    if stderr_tail and stderr_tail[-1].startswith("DeadlineExceeded"):
-        return stderr_tail[-1]
-    if returncode < 0:
-        return f"killed by signal {-returncode}"
+def _termination_message(returncode: int, stderr_tail: list[str]) -> str:
+    """What the stage wrote to its termination log (its `error:` line), as Kubernetes would report it."""
     for line in reversed(stderr_tail):
         if line.startswith("error: "):
             return line[len("error: ") :]
+    if returncode < 0:
+        return f"killed by signal {-returncode}"
     return stderr_tail[-1] if stderr_tail else "no output"
 
 
@@ -199,33 +208,74 @@ def run_pod(pod: k8s.V1Pod, *, runtime: str, settings: PipelineSettings, log: lo
             raise AirflowException(f"local runtime: {command[0]!r} is not on {path}; set PIPELINE_LOCAL_BIN_DIR")
         argv = [executable, *command[1:]]
         log.info("Running pod %s locally (%s runtime): %s", pod.metadata.name, runtime, " ".join(command))
-        returncode, stderr_tail = _stream(argv, env, pod.spec.active_deadline_seconds, log)
-        if returncode != 0:
-            reason = _termination_reason(returncode, stderr_tail)
-            raise PodFailed(f"Pod {pod.metadata.name} failed (exit code {returncode}): {reason}")
+        limits = (container.resources.limits or {}) if container.resources else {}
+        memory_limit = int(parse_quantity(limits["memory"])) if "memory" in limits else None
+        outcome = _stream(argv, env, pod.spec.active_deadline_seconds, memory_limit, log)
+        if outcome.returncode != 0:
+            message = _termination_message(outcome.returncode, outcome.tail)
+            raise PodFailed(pod.metadata.name, outcome.returncode, outcome.reason or "Error", message)
         return_json = xcom_dir / "return.json"
         if not return_json.is_file():
             raise AirflowException(f"Pod {pod.metadata.name} succeeded but wrote no {XCOM_MOUNT}/return.json")
         return json.loads(return_json.read_text(encoding="utf-8"))
 
 
+@dataclass
+class _Outcome:
+    returncode: int
+    tail: list[str]
+    # Kubernetes' word for a kill it made: DeadlineExceeded or OOMKilled.
+    reason: str | None = None
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    try:
+        members = [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for member in members:
+        with contextlib.suppress(psutil.Error):
+            total += member.memory_info().rss
+    return total
+
+
 def _stream(
-    argv: list[str], env: Mapping[str, str], deadline_seconds: int | None, log: logging.Logger
-) -> tuple[int, list[str]]:
-    """Run ``argv``, forwarding its output line by line to the task log like the pod log stream."""
+    argv: list[str],
+    env: Mapping[str, str],
+    deadline_seconds: int | None,
+    memory_limit: int | None,
+    log: logging.Logger,
+) -> _Outcome:
+    """Run ``argv``, forwarding its output line by line to the task log like the pod log stream.
+
+    Like the kubelet, kill it past activeDeadlineSeconds, and like the kernel's
+    OOM killer in the container's cgroup, kill it when its processes together
+    use more memory than the container's limit.
+    """
     process = subprocess.Popen(
         argv, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
     )
-    # Kubernetes kills a pod past activeDeadlineSeconds; so do we.
-    deadline_passed = threading.Event()
+    killed_because: list[str] = []
+    finished = threading.Event()
 
-    def _kill_at_deadline() -> None:
-        deadline_passed.set()
-        process.kill()
+    def _watch() -> None:
+        started = time.monotonic()
+        watched = psutil.Process(process.pid)
+        while not finished.wait(0.05):
+            if deadline_seconds and time.monotonic() - started > deadline_seconds:
+                killed_because.append("DeadlineExceeded")
+            elif memory_limit and _tree_rss(watched) > memory_limit:
+                killed_because.append(OOM_KILLED)
+            else:
+                continue
+            with contextlib.suppress(psutil.Error):
+                for member in [*watched.children(recursive=True), watched]:
+                    member.kill()
+            return
 
-    deadline = threading.Timer(deadline_seconds, _kill_at_deadline) if deadline_seconds else None
-    if deadline:
-        deadline.start()
+    watcher = threading.Thread(target=_watch, daemon=True)
+    watcher.start()
     tail: list[str] = []
     assert process.stdout is not None
     try:
@@ -235,8 +285,12 @@ def _stream(
             tail = [*tail[-19:], line]
         returncode = process.wait()
     finally:
-        if deadline:
-            deadline.cancel()
-    if deadline_passed.is_set():
-        tail.append(f"DeadlineExceeded: ran longer than activeDeadlineSeconds={deadline_seconds}")
-    return returncode, tail
+        finished.set()
+        watcher.join()
+    reason = killed_because[0] if killed_because else None
+    if reason == OOM_KILLED:
+        # What Kubernetes reports for a container the OOM killer ended.
+        return _Outcome(137, [*tail, f"OOMKilled: used more than the memory limit of {memory_limit} bytes"], reason)
+    if reason == "DeadlineExceeded":
+        return _Outcome(returncode, [*tail, f"DeadlineExceeded: ran longer than {deadline_seconds}s"], reason)
+    return _Outcome(returncode, tail)

@@ -93,6 +93,9 @@ class PipelineSettings(BaseSettings):
     gcp_credentials_secret: str = "privacy-pipeline-gcp"
     pod_runtime: Literal["kubernetes", "local"] = "kubernetes"
     startup_timeout_seconds: int = Field(default=600, gt=0)
+    # After an OOMKilled try the next one asks for this much more memory, up to the cap.
+    oom_memory_step: float = Field(default=1.5, ge=1.0)
+    oom_max_memory: str = "32Gi"
     retries: int = Field(default=2, ge=0)
     retry_delay_seconds: int = Field(default=60, gt=0)
     max_retry_delay_seconds: int = Field(default=900, gt=0)

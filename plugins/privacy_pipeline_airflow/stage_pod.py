@@ -20,6 +20,7 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from kubernetes.client import models as k8s
 
+from privacy_pipeline_airflow import pod_failures
 from privacy_pipeline_airflow.settings import PipelineSettings, get_settings
 
 STAGE_CLI = "privacy-pipeline"
@@ -56,13 +57,64 @@ class StagePodOperator(KubernetesPodOperator):
     """
 
     def execute(self, context: Any) -> Any:
-        runtime = get_settings().pod_runtime
-        if runtime == "kubernetes":
-            return super().execute(context)
-        from privacy_pipeline_airflow.local_runtime import run_pod
+        settings = get_settings()
+        self._grow_memory_after_oom(context, settings)
+        try:
+            if settings.pod_runtime == "kubernetes":
+                return super().execute(context)
+            from privacy_pipeline_airflow.local_runtime import run_pod
 
-        pod = self.build_pod_request_obj(context, dry_run=True)
-        return run_pod(pod, runtime=runtime, settings=get_settings(), log=self.log)
+            pod = self.build_pod_request_obj(context, dry_run=True)
+            return run_pod(pod, runtime=settings.pod_runtime, settings=settings, log=self.log)
+        except Exception as exc:
+            self._record_failure(context, settings, exc)
+            raise
+
+    def _task_key(self, context: Any) -> tuple[str | None, str, int]:
+        ti = context["ti"]
+        map_index = ti.map_index if ti.map_index is not None else -1
+        return pod_failures.run_uri_of(self.arguments), ti.task_id, map_index
+
+    def _grow_memory_after_oom(self, context: Any, settings: PipelineSettings) -> None:
+        run_uri, task_id, map_index = self._task_key(context)
+        if run_uri is None or context["ti"].try_number <= 1:
+            return
+        failures = pod_failures.previous_failures(run_uri, task_id, map_index, settings.gcp_conn_id)
+        if not failures or failures[-1].reason != pod_failures.OOM_KILLED:
+            return
+        grown = pod_failures.memory_after_oom(
+            failures[-1].memory_limit, settings.oom_memory_step, settings.oom_max_memory
+        )
+        self.log.warning(
+            "Try %d of %s was OOMKilled at memory limit %s: asking for %s this time",
+            failures[-1].try_number,
+            task_id,
+            failures[-1].memory_limit,
+            grown,
+        )
+        self.container_resources.requests["memory"] = grown
+        self.container_resources.limits["memory"] = grown
+
+    def _record_failure(self, context: Any, settings: PipelineSettings, exc: Exception) -> None:
+        run_uri, task_id, map_index = self._task_key(context)
+        reason, message = getattr(exc, "reason", None), getattr(exc, "message", str(exc))
+        if reason is None:
+            found = pod_failures.failure_reason(getattr(self, "remote_pod", None) or getattr(self, "pod", None))
+            reason, message = found if found else ("Error", str(exc).splitlines()[0] if str(exc) else "")
+        self.log.error("Stage pod for %s failed: %s%s", task_id, reason, f" ({message})" if message else "")
+        if run_uri is None:
+            return
+        failure = pod_failures.PodFailure(
+            try_number=context["ti"].try_number,
+            reason=reason,
+            message=message[:500],
+            memory_limit=self.container_resources.limits["memory"],
+            at=pod_failures.now(),
+        )
+        try:
+            pod_failures.record_failure(run_uri, task_id, map_index, failure, settings.gcp_conn_id)
+        except Exception:  # the original failure matters more than its bookkeeping
+            self.log.exception("Could not record the pod failure under %s", run_uri)
 
 
 def _volumes(settings: PipelineSettings, stage: str) -> tuple[list[k8s.V1Volume], list[k8s.V1VolumeMount]]:

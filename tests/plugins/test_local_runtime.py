@@ -23,6 +23,11 @@ if "fail" in sys.argv:
     sys.exit(2)
 if "hang" in sys.argv:
     time.sleep(60)
+if "hog" in sys.argv:
+    hoard = bytearray(400 * 2**20)  # touch 400 MiB, over a 256Mi limit
+    for i in range(0, len(hoard), 4096):
+        hoard[i] = 1
+    time.sleep(60)
 credentials = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
 payload = {
     "argv": sys.argv[1:],
@@ -67,12 +72,14 @@ def cluster_file(tmp_path: Path) -> Path:
     return path
 
 
-def _pod(settings: PipelineSettings, args: list[str], deadline: int = 60) -> k8s.V1Pod:
+def _pod(settings: PipelineSettings, args: list[str], deadline: int = 60, memory: str | None = None) -> k8s.V1Pod:
     """Build the pod the way the operator would, from the factory's own kwargs."""
     from privacy_pipeline_airflow.stage_pod import StagePodOperator
 
     kwargs = stage_pod_kwargs("validate", settings)
     kwargs["active_deadline_seconds"] = deadline
+    if memory:
+        kwargs["container_resources"].limits["memory"] = memory
     operator = StagePodOperator(task_id="validate", arguments=args, **kwargs)
     return operator.build_pod_request_obj(None, dry_run=True)
 
@@ -106,7 +113,7 @@ def test_a_failing_stage_reports_its_one_line_reason(fake_bin, cluster_file) -> 
     settings = _settings(fake_bin, cluster_file)
     pod = _pod(settings, ["validate", "--run", "gs://b/runs/r1/", "fail"])
 
-    with pytest.raises(PodFailed, match=r"exit code 2\): validate: 3 rows in part-0001.csv have 583-dim"):
+    with pytest.raises(PodFailed, match=r"exit code 2, Error\): validate: 3 rows in part-0001.csv have 583-dim"):
         run_pod(pod, runtime="local", settings=settings, log=logging.getLogger("test"))
 
 
@@ -116,6 +123,15 @@ def test_the_active_deadline_kills_the_stage(fake_bin, cluster_file) -> None:
 
     with pytest.raises(PodFailed, match="DeadlineExceeded"):
         run_pod(pod, runtime="local", settings=settings, log=logging.getLogger("test"))
+
+
+def test_memory_over_the_limit_is_oomkilled(fake_bin, cluster_file) -> None:
+    settings = _settings(fake_bin, cluster_file)
+    pod = _pod(settings, ["validate", "hog"], memory="256Mi")
+
+    with pytest.raises(PodFailed, match=r"exit code 137, OOMKilled") as failure:
+        run_pod(pod, runtime="local", settings=settings, log=logging.getLogger("test"))
+    assert failure.value.reason == "OOMKilled"
 
 
 def test_a_missing_configmap_is_a_clear_error(fake_bin, tmp_path) -> None:
