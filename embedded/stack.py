@@ -82,6 +82,21 @@ print(json.dumps(out))
         )
         return json.loads(result.stdout.strip().splitlines()[-1])
 
+    def query(self, sql: str, **params: object) -> list[list]:
+        """Rows of a read-only SQL query against Airflow's metadata database (for tests and the demo)."""
+        script = f"""
+import json
+from sqlalchemy import text
+from airflow.utils.session import create_session
+with create_session() as session:
+    rows = session.execute(text({sql!r}), {params!r}).all()
+print(json.dumps([list(row) for row in rows], default=str))
+"""
+        result = subprocess.run(
+            [str(AIRFLOW_BIN / "python"), "-c", script], env=self.env, check=True, text=True, capture_output=True
+        )
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
     def latest_run(self, dag_id: str) -> tuple[str, str]:
         """(run_id, state) of the DAG's most recently created run."""
         script = f"""
@@ -110,7 +125,7 @@ with create_session() as session:
         )
 
 
-def _cluster_manifests(emulator_host: str) -> str:
+def _cluster_manifests(emulator_host: str, gcp_credentials: str | None) -> str:
     """What `kubectl apply` would create in the namespace; the local runtime resolves pod env from it."""
     config_map = {
         "apiVersion": "v1",
@@ -122,12 +137,32 @@ def _cluster_manifests(emulator_host: str) -> str:
             "PIPELINE_LOG_LEVEL": "INFO",
         },
     }
-    return yaml.safe_dump(config_map, sort_keys=False)
+    manifests = [config_map]
+    if gcp_credentials is not None:
+        manifests.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "privacy-pipeline-gcp", "namespace": "privacy-pipeline"},
+                "stringData": {"credentials.json": gcp_credentials},
+            }
+        )
+    return yaml.safe_dump_all(manifests, sort_keys=False)
 
 
 @contextmanager
-def embedded_stack(home: Path, *, in_memory: bool = False, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
-    """Start the GCS emulator and yield the environment that points Airflow and the stages at it."""
+def embedded_stack(
+    home: Path,
+    *,
+    in_memory: bool = False,
+    extra_env: dict[str, str] | None = None,
+    gcp_credentials: str | None = None,
+) -> Iterator[Stack]:
+    """Start the GCS emulator and yield the environment that points Airflow and the stages at it.
+
+    ``gcp_credentials``: mount this as the credentials Secret, as production
+    does (the emulator ignores it; tests plant a canary in it).
+    """
     home.mkdir(parents=True, exist_ok=True)
     gcs_dir = home / "gcs"
     gcs_dir.mkdir(exist_ok=True)
@@ -151,7 +186,7 @@ def embedded_stack(home: Path, *, in_memory: bool = False, extra_env: dict[str, 
     try:
         _wait_for_port(port, emulator)
         cluster_file = home / "cluster.yaml"
-        cluster_file.write_text(_cluster_manifests(emulator_host), encoding="utf-8")
+        cluster_file.write_text(_cluster_manifests(emulator_host, gcp_credentials), encoding="utf-8")
         airflow_home = home / "airflow"
         airflow_home.mkdir(exist_ok=True)
         connection = {"conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": PROJECT}}
@@ -170,8 +205,8 @@ def embedded_stack(home: Path, *, in_memory: bool = False, extra_env: dict[str, 
             "PIPELINE_POD_RUNTIME": "local",
             "PIPELINE_LOCAL_BIN_DIR": str(PIPELINE_BIN),
             "PIPELINE_LOCAL_CLUSTER_FILE": str(cluster_file),
-            # The emulator needs no credentials, so no credentials Secret is mounted.
-            "PIPELINE_GCP_CREDENTIALS_SECRET": "",
+            # The emulator needs no credentials: mount the Secret only when one is given.
+            "PIPELINE_GCP_CREDENTIALS_SECRET": "privacy-pipeline-gcp" if gcp_credentials is not None else "",
             "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
             **(extra_env or {}),
         }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from embedded.stack import BUCKET, Stack
@@ -15,9 +17,10 @@ def _partition(ds: str) -> str:
 
 
 def _run(stack: Stack, logical_date: str, conf: str = '{"num_shards": 2}') -> tuple[str, dict]:
-    result = stack.airflow("dags", "test", DAG_ID, logical_date, "--conf", conf, check=False)
+    log_file = stack.home / f"dags-test-{logical_date[:10]}.log"
+    stack.airflow("dags", "test", DAG_ID, logical_date, "--conf", conf, check=False, log_file=log_file)
     run_id, state = stack.latest_run(DAG_ID)
-    assert state == "success", result.stdout[-4000:] + result.stderr[-2000:]
+    assert state == "success", log_file.read_text(encoding="utf-8")[-5000:]
     xcoms = {task: values[0][1] if len(values) == 1 else values for task, values in stack.xcoms(DAG_ID, run_id).items()}
     return run_id, xcoms
 
@@ -70,3 +73,18 @@ def test_a_second_logical_date_reads_only_its_partition_and_faces_the_champion(f
     assert register["model_version"] != first_run[1]["register"]["model_version"]
     runs = [blob.name for blob in bucket.list_blobs(prefix="registry/runs/")]
     assert len(runs) == 2
+
+
+def test_the_planted_secret_is_nowhere_users_can_read(first_run, stack, bucket, canary_secret) -> None:
+    run_id, xcoms = first_run
+    assert canary_secret not in json.dumps(xcoms)
+    for log_file in stack.home.glob("dags-test-*.log"):
+        assert canary_secret not in log_file.read_text(encoding="utf-8"), log_file
+    for log_file in (stack.home / "airflow").rglob("*.log"):
+        assert canary_secret not in log_file.read_text(encoding="utf-8", errors="replace"), log_file
+    rendered = stack.query(
+        "SELECT rendered_fields FROM rendered_task_instance_fields WHERE dag_id = :dag_id", dag_id=DAG_ID
+    )
+    assert rendered and canary_secret not in json.dumps(rendered)
+    for blob in bucket.list_blobs():
+        assert canary_secret.encode() not in blob.download_as_bytes(), blob.name
