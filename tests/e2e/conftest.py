@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,6 @@ from google.cloud import storage
 
 from embedded.stack import BUCKET, PROJECT, Stack, embedded_stack
 
-
 # Planted in the credentials Secret the stage pods mount; it must never show up in a log, an XCom,
 # a rendered template field or an object in the bucket.
 CANARY_SECRET = "canary-9f3b2c71-do-not-log"
@@ -20,7 +20,7 @@ CANARY_SECRET = "canary-9f3b2c71-do-not-log"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home: Path = tmp_path_factory.mktemp("embedded")
-    credentials = '{"type": "service_account", "private_key": "%s"}' % CANARY_SECRET
+    credentials = json.dumps({"type": "service_account", "private_key": CANARY_SECRET})
     env = {"PIPELINE_UPLOAD_INACTIVITY_SECONDS": "3"}
     with embedded_stack(home, in_memory=True, extra_env=env, gcp_credentials=credentials) as running:
         running.airflow("db", "migrate")
