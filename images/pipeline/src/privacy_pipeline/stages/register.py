@@ -1,0 +1,330 @@
+"""register: version the run's model in the registry and decide whether it becomes the champion.
+
+Everything the registry will hold is read and checked first, so a run with a
+missing or broken input leaves the registry untouched. Then, in the order that
+keeps readers safe: the by-run index (the version), the model and its metadata,
+the run record with the decision, and last the champion pointer.
+
+The promotion gate is judged on this run's holdout: the current champion is
+loaded and scored on it, and the candidate must beat that score by
+``register.promotion_margin``. A champion that cannot be scored on this
+holdout (another feature spec) is kept, and the run record says why.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd  # type: ignore[import-untyped]
+
+import privacy_pipeline
+from privacy_pipeline import registry, storage
+from privacy_pipeline.config import PipelineConfig, config_as_dict
+from privacy_pipeline.errors import StageError
+from privacy_pipeline.registry import RegistryLayout
+from privacy_pipeline.run_layout import RunLayout
+from privacy_pipeline.stage_result import StageResult
+
+log = logging.getLogger(__name__)
+
+STAGE = "register"
+IMAGE_TAG_ENV = "PIPELINE_IMAGE_TAG"
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What this run contributes to the registry, all read before anything is written."""
+
+    model_bytes: bytes
+    metrics: dict[str, Any]
+    candidate_f1_macro: float
+    feature_spec: dict[str, Any]
+    manifest: dict[str, Any]
+    train_result: dict[str, Any]
+    holdout: pd.DataFrame
+    # Stage pods that died on an earlier try of this run, by task (written by the Airflow side).
+    pod_failures: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    reason: str
+    # The champion the candidate was judged against, and its score on this
+    # run's holdout (None when there was none, or it could not be scored).
+    champion_before: str | None
+    champion_f1_macro: float | None
+
+
+def run(*, config: PipelineConfig, run_uri: str, registry_uri: str) -> StageResult:
+    layout = RunLayout(run_uri)
+    layout.require("evaluate", needed_by=STAGE)
+    train_result = layout.require("train", needed_by=STAGE)
+    inputs = _read_run_inputs(layout, train_result)
+
+    registration = registry.claim_registration(registry_uri, run_uri, datetime.now(UTC))
+    version = str(registration["version"])
+    reg = RegistryLayout(registry_uri)
+    storage.write_bytes(reg.model(version), inputs.model_bytes)
+    storage.write_json(reg.metadata(version), _metadata(config, run_uri, registration, inputs))
+    log.info("registered %s as version %s at %s", run_uri, version, reg.model_dir(version))
+
+    judge = _ChampionJudge(config, reg, inputs)
+    outcome: dict[str, Decision] = {}
+
+    def decide(current: dict[str, Any] | None) -> dict[str, Any] | None:
+        decision = judge.decide(current, version)
+        outcome["decision"] = decision
+        already_champion = current is not None and current.get("version") == version
+        if already_champion and storage.exists(reg.run_record(version)):
+            # A rerun after this run was promoted: its record already tells why.
+            return None
+        champion_after = version if decision.promoted else (current or {}).get("version")
+        # The record goes in before the pointer moves, so the champion never
+        # names a version without a run record; a lost race rewrites it.
+        storage.write_json(
+            reg.run_record(version),
+            _run_record(config, run_uri, registration, reg, inputs, decision, champion_after),
+        )
+        if not decision.promoted or already_champion:
+            return None
+        return {
+            "version": version,
+            "model_uri": reg.model(version),
+            "f1_macro": inputs.candidate_f1_macro,
+            "run_uri": run_uri,
+            "promoted_at": registry.timestamp(datetime.now(UTC)),
+            "previous_version": current.get("version") if current else None,
+        }
+
+    champion_after = registry.cas_update_champion(registry_uri, decide)
+    decision = outcome["decision"]
+    champion_version = champion_after.get("version") if champion_after else None
+    log.info("promotion decision for %s: promoted=%s (%s)", version, decision.promoted, decision.reason)
+
+    verdict = "promoted to champion" if decision.promoted else "registered, not promoted"
+    return StageResult(
+        stage=STAGE,
+        summary=f"{STAGE}: {version} {verdict} ({decision.reason})",
+        xcom={
+            "model_version": version,
+            "model_uri": reg.model(version),
+            "registry_uri": registry_uri,
+            "promoted": decision.promoted,
+            "decision_reason": decision.reason,
+            "candidate_f1_macro": inputs.candidate_f1_macro,
+            "champion_f1_macro": decision.champion_f1_macro,
+            "champion_version": champion_version,
+        },
+        commit_uri=layout.result(STAGE),
+    )
+
+
+def _read_run_inputs(layout: RunLayout, train_result: dict[str, Any]) -> RunInputs:
+    run_uri = layout.run_uri
+    model_bytes = _read_required(layout.model, f"run {run_uri} has no trained model", "rerun train")
+    metrics = _read_json_object(layout.metrics, f"run {run_uri} has no holdout metrics", "rerun evaluate")
+    f1_macro = metrics.get("f1_macro")
+    if not isinstance(f1_macro, int | float) or isinstance(f1_macro, bool) or not 0.0 <= f1_macro <= 1.0:
+        raise StageError(f"{STAGE}: {layout.metrics} has no valid 'f1_macro' (got {f1_macro!r}); rerun evaluate")
+    feature_spec = _read_json_object(layout.feature_spec, f"run {run_uri} has no feature spec", "rerun featurize")
+    manifest = _read_json_object(
+        layout.ingest_manifest, f"run {run_uri} has no ingest manifest (data lineage)", "rerun ingest"
+    )
+    holdout_bytes = _read_required(layout.holdout_split, f"run {run_uri} has no holdout split", "rerun split")
+    try:
+        holdout = pd.read_parquet(io.BytesIO(holdout_bytes))
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise StageError(f"{STAGE}: {layout.holdout_split} is not a readable Parquet file ({exc})") from exc
+    if holdout.empty or "label" not in holdout.columns:
+        raise StageError(f"{STAGE}: {layout.holdout_split} has no rows or no 'label' column; rerun split")
+    return RunInputs(
+        model_bytes=model_bytes,
+        metrics=metrics,
+        candidate_f1_macro=float(f1_macro),
+        feature_spec=feature_spec,
+        manifest=manifest,
+        train_result=train_result,
+        holdout=holdout,
+        pod_failures=_pod_failures(layout),
+    )
+
+
+def _pod_failures(layout: RunLayout) -> dict[str, Any]:
+    """``<run>/_pod_failures/<task>.json`` records: why a stage pod died before its retry succeeded."""
+    failures: dict[str, Any] = {}
+    for uri in storage.list_uris(layout.path("_pod_failures")):
+        if uri.endswith(".json"):
+            failures[uri.rsplit("/", 1)[-1].removesuffix(".json")] = storage.read_json(uri)
+    return failures
+
+
+def _require_exists(uri: str, problem: str, remedy: str) -> None:
+    if not storage.exists(uri):
+        raise StageError(f"{STAGE}: {problem} ({uri} is missing); {remedy}")
+
+
+def _read_required(uri: str, problem: str, remedy: str) -> bytes:
+    _require_exists(uri, problem, remedy)
+    return storage.read_bytes(uri)
+
+
+def _read_json_object(uri: str, problem: str, remedy: str) -> dict[str, Any]:
+    _require_exists(uri, problem, remedy)
+    payload = storage.read_json(uri)
+    if not isinstance(payload, dict):
+        raise StageError(f"{STAGE}: {uri} is not a JSON object; {remedy}")
+    return payload
+
+
+def _image_tag(config: PipelineConfig) -> str:
+    return os.environ.get(IMAGE_TAG_ENV) or config.register.image_tag
+
+
+def _metadata(config: PipelineConfig, run_uri: str, registration: dict[str, Any], inputs: RunInputs) -> dict[str, Any]:
+    manifest = inputs.manifest
+    return {
+        "version": registration["version"],
+        "run_uri": run_uri,
+        "registered_at": registration["registered_at"],
+        "params": inputs.train_result.get("params", {}),
+        "metrics": inputs.metrics,
+        "data": {
+            "content_sha256": manifest.get("content_sha256"),
+            "source": manifest.get("source"),
+            # Each source object with its size and GCS generation, as ingest read it.
+            "parts": manifest.get("parts", []),
+            "rows": manifest.get("rows"),
+            "train_rows": inputs.train_result.get("train_rows"),
+            "holdout_rows": len(inputs.holdout),
+        },
+        "feature_spec": inputs.feature_spec,
+        "config": config_as_dict(config),
+        "package_version": privacy_pipeline.__version__,
+        "image_tag": _image_tag(config),
+        "sentence_model": inputs.feature_spec.get("sentence_model"),
+        "sentence_model_version": inputs.feature_spec.get("sentence_model_version"),
+    }
+
+
+def _run_record(
+    config: PipelineConfig,
+    run_uri: str,
+    registration: dict[str, Any],
+    reg: RegistryLayout,
+    inputs: RunInputs,
+    decision: Decision,
+    champion_after: str | None,
+) -> dict[str, Any]:
+    version = str(registration["version"])
+    return {
+        "version": version,
+        "run_uri": run_uri,
+        "registered_at": registration["registered_at"],
+        "model_uri": reg.model(version),
+        "metadata_uri": reg.metadata(version),
+        "candidate_f1_macro": inputs.candidate_f1_macro,
+        "champion_before": decision.champion_before,
+        "champion_f1_macro": decision.champion_f1_macro,
+        "promotion_margin": config.register.promotion_margin,
+        "promote_enabled": config.register.promote,
+        "promoted": decision.promoted,
+        "decision_reason": decision.reason,
+        "champion_version": champion_after,
+        "image_tag": _image_tag(config),
+        "pod_failures": inputs.pod_failures,
+    }
+
+
+class _ChampionJudge:
+    """Decides promotion against a given champion; remembers scores so a re-decision only scores new champions."""
+
+    def __init__(self, config: PipelineConfig, reg: RegistryLayout, inputs: RunInputs) -> None:
+        self._config = config
+        self._reg = reg
+        self._inputs = inputs
+        self._scores: dict[str, float | str] = {}
+
+    def decide(self, current: dict[str, Any] | None, version: str) -> Decision:
+        enabled = self._config.register.promote
+        margin = self._config.register.promotion_margin
+        candidate = self._inputs.candidate_f1_macro
+        if current is None:
+            if not enabled:
+                return Decision(
+                    False, "promotion disabled by register.promote=false; there is no champion yet", None, None
+                )
+            return Decision(True, f"first model, holdout macro-F1 {candidate:.3f}", None, None)
+        champion_version = str(current["version"])
+        if champion_version == version:
+            # A rerun of the run that is already champion: nothing to move.
+            return Decision(True, "already the champion: a rerun of this run", version, candidate)
+
+        score = self._champion_score(current)
+        if isinstance(score, str):
+            reason = f"champion {champion_version} cannot be scored on this run's holdout, kept it: {score}"
+            if not enabled:
+                reason = f"promotion disabled by register.promote=false; {reason}"
+            return Decision(False, reason, champion_version, None)
+        comparison = f"holdout macro-F1 {candidate:.3f} vs champion {score:.3f} + margin {margin:.3f}"
+        if not enabled:
+            return Decision(
+                False, f"promotion disabled by register.promote=false; {comparison}", champion_version, score
+            )
+        if candidate > score + margin:
+            return Decision(True, comparison, champion_version, score)
+        return Decision(False, f"not better: {comparison}", champion_version, score)
+
+    def _champion_score(self, current: dict[str, Any]) -> float | str:
+        """The champion's macro-F1 on this holdout, or why it cannot be scored here."""
+        champion_version = str(current["version"])
+        if champion_version not in self._scores:
+            self._scores[champion_version] = self._score(champion_version, str(current["model_uri"]))
+        return self._scores[champion_version]
+
+    def _score(self, champion_version: str, model_uri: str) -> float | str:
+        from privacy_pipeline import model_io
+        from privacy_pipeline.stages import evaluate
+
+        holdout = self._inputs.holdout
+        # Checked on the champion's recorded feature spec first, so a champion
+        # of another feature mode is not even downloaded.
+        missing = sorted(set(self._champion_columns(champion_version)) - set(holdout.columns))
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            return f"feature-spec mismatch: it needs {len(missing)} columns this holdout lacks: {shown}"
+        try:
+            model = model_io.load_model(model_uri)
+            scores = evaluate.score(
+                model, holdout, list(self._config.labels), negative_label=self._config.negative_label, needed_by=STAGE
+            )
+        except StageError as exc:
+            log.warning("could not score champion %s on this holdout: %s", champion_version, exc)
+            return str(exc)
+        except Exception as exc:
+            # A champion from an older library or feature spec can fail here in
+            # many more ways (incompatible fitted state, dtype changes); each
+            # means "cannot be compared on this holdout", a decision, not a crash.
+            log.warning("could not score champion %s on this holdout", champion_version, exc_info=True)
+            first_line = (str(exc).splitlines() or [""])[0][:200]
+            return f"{type(exc).__name__}: {first_line}"
+        score = float(scores["f1_macro"])
+        log.info("champion %s scores macro-F1 %.4f on this run's holdout", champion_version, score)
+        return score
+
+    def _champion_columns(self, champion_version: str) -> list[str]:
+        """The input columns the champion's feature spec names (empty if its metadata is gone)."""
+        metadata_uri = self._reg.metadata(champion_version)
+        if not storage.exists(metadata_uri):
+            return []
+        metadata = storage.read_json(metadata_uri)
+        spec = (metadata.get("feature_spec") if isinstance(metadata, dict) else None) or {}
+        columns = list(spec.get("embedding_columns") or []) + list(spec.get("handcrafted_columns") or [])
+        if spec.get("text_column"):
+            columns.append(str(spec["text_column"]))
+        return columns
