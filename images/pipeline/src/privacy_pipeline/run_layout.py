@@ -31,6 +31,10 @@ class RunLayout:
     def snapshot(self) -> str:
         return self.path("ingest", "snapshot.parquet")
 
+    @property
+    def ingest_manifest(self) -> str:
+        return self.path("ingest", "manifest.json")
+
     # validate
     @property
     def validated(self) -> str:
