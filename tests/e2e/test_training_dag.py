@@ -27,14 +27,14 @@ def _run(stack: Stack, logical_date: str, conf: str = '{"num_shards": 2}') -> tu
 
 @pytest.fixture(scope="module")
 def first_run(stack: Stack) -> tuple[str, dict]:
-    stack.pipeline("synth", "--out", _partition("2026-11-20"), "--rows", "900", "--seed", "11")
+    stack.pipeline("synth", "--out", _partition("2026-11-20"), "--rows", "1300", "--seed", "11")
     return _run(stack, "2026-11-20T02:00:00+00:00")
 
 
 def test_every_stage_ran_and_reported_through_xcom(first_run) -> None:
     _, xcoms = first_run
-    assert xcoms["ingest"]["rows"] == 900
-    assert xcoms["validate"]["rows_valid"] + xcoms["validate"]["rows_quarantined"] == 900
+    assert xcoms["ingest"]["rows"] == 1300
+    assert xcoms["validate"]["rows_valid"] + xcoms["validate"]["rows_quarantined"] == 1300
     assert xcoms["featurize"]["mode"] == "text"
     assert xcoms["split"]["train_rows"] + xcoms["split"]["holdout_rows"] == xcoms["validate"]["rows_valid"]
     assert sorted(shard["shard"] for _, shard in xcoms["tune"]) == [0, 1]
@@ -63,9 +63,9 @@ def test_the_first_model_is_registered_and_becomes_champion(first_run, bucket) -
 
 
 def test_a_second_logical_date_reads_only_its_partition_and_faces_the_champion(first_run, stack, bucket) -> None:
-    stack.pipeline("synth", "--out", _partition("2026-11-21"), "--rows", "700", "--seed", "12")
+    stack.pipeline("synth", "--out", _partition("2026-11-21"), "--rows", "1200", "--seed", "12")
     run_id, xcoms = _run(stack, "2026-11-21T02:00:00+00:00", conf='{"num_shards": 1, "promote": true}')
-    assert xcoms["ingest"]["rows"] == 700
+    assert xcoms["ingest"]["rows"] == 1200
     sources = xcoms["wait_for_data"]
     assert sources == ["raw/privacy_intent/ds=2026-11-21/part-0000.csv"]
     register = xcoms["register"]

@@ -83,17 +83,17 @@ def _trigger(airflow: RunningAirflow, dag_id: str, conf: dict, logical_date: str
 @pytest.fixture(scope="module")
 def unpaused_training(airflow: RunningAirflow, bucket) -> None:
     # Unpausing lets the scheduler create today's 02:00 run: give it data so it finishes too.
-    _synth(airflow, f"raw/privacy_intent/ds={datetime.now(UTC).date()}/part-0000.csv", 400, 1)
+    _synth(airflow, f"raw/privacy_intent/ds={datetime.now(UTC).date()}/part-0000.csv", 1200, 1)
     status, body = airflow.api("PATCH", f"/dags/{TRAINING}", {"is_paused": False})
     assert status == 200, body
 
 
 def test_rest_trigger_with_params_runs_to_success(airflow, bucket, unpaused_training) -> None:
-    _synth(airflow, "raw/privacy_intent/manual-a/part-0000.csv", 420, 2)
+    _synth(airflow, "raw/privacy_intent/manual-a/part-0000.csv", 1220, 2)
     status, run = _trigger(airflow, TRAINING, {**FAST, "data_prefix": "raw/privacy_intent/manual-a/"})
     assert status == 200, run
     assert _wait_for_run(airflow, TRAINING, run["dag_run_id"]) == "success"
-    assert _xcom(airflow, run["dag_run_id"], "ingest")["rows"] == 420
+    assert _xcom(airflow, run["dag_run_id"], "ingest")["rows"] == 1220
     register = _xcom(airflow, run["dag_run_id"], "register")
     assert register["model_version"] in {record["version"] for record in _registry_runs(bucket)}
 
@@ -117,14 +117,14 @@ def test_bad_params_are_rejected_with_a_clear_message(airflow, conf, field) -> N
 
 def test_an_upload_starts_exactly_one_run_and_the_same_upload_none(airflow, bucket, unpaused_training) -> None:
     assert airflow.api("PATCH", f"/dags/{WATCH}", {"is_paused": False})[0] == 200
-    _synth(airflow, "incoming/privacy_intent/batch-1/part-0000.csv", 380, 3)
+    _synth(airflow, "incoming/privacy_intent/batch-1/part-0000.csv", 1250, 3)
     status, watch_run = _trigger(airflow, WATCH, {})
     assert status == 200, watch_run
     assert _wait_for_run(airflow, WATCH, watch_run["dag_run_id"]) == "success"
     uploads = [run for run in _runs(airflow, TRAINING) if run["dag_run_id"].startswith("upload__batch-1__")]
     assert len(uploads) == 1
     assert _wait_for_run(airflow, TRAINING, uploads[0]["dag_run_id"]) == "success"
-    assert _xcom(airflow, uploads[0]["dag_run_id"], "ingest")["rows"] == 380
+    assert _xcom(airflow, uploads[0]["dag_run_id"], "ingest")["rows"] == 1250
 
     # The same bytes again: a new generation, the same content, no new run.
     blob = bucket.blob("incoming/privacy_intent/batch-1/part-0000.csv")
@@ -139,7 +139,7 @@ def test_an_upload_starts_exactly_one_run_and_the_same_upload_none(airflow, buck
 def test_backfill_of_three_dates_reads_each_partition_and_keeps_one_champion(airflow, bucket, unpaused_training):
     dates = ["2026-11-02", "2026-11-03", "2026-11-04"]
     for offset, ds in enumerate(dates):
-        _synth(airflow, f"raw/privacy_intent/ds={ds}/part-0000.csv", 400 + 10 * offset, 10 + offset)
+        _synth(airflow, f"raw/privacy_intent/ds={ds}/part-0000.csv", 1200 + 10 * offset, 10 + offset)
     registered_before = len(_registry_runs(bucket))
     airflow.stack.airflow(
         "backfill", "create", "--dag-id", TRAINING,
@@ -154,7 +154,7 @@ def test_backfill_of_three_dates_reads_each_partition_and_keeps_one_champion(air
     assert sorted(run["state"] for run in backfills) == ["success"] * 3
     for offset, run in enumerate(sorted(backfills, key=lambda r: r["logical_date"])):
         assert run["logical_date"].startswith(dates[offset])
-        assert _xcom(airflow, run["dag_run_id"], "ingest")["rows"] == 400 + 10 * offset
+        assert _xcom(airflow, run["dag_run_id"], "ingest")["rows"] == 1200 + 10 * offset
     records = _registry_runs(bucket)
     assert len(records) == registered_before + 3
     champion = json.loads(bucket.blob("registry/champion.json").download_as_bytes())
@@ -180,7 +180,7 @@ def test_a_failed_task_cleared_completes_without_duplicate_registry_entries(airf
     assert ingest["state"] == "failed"
 
     bucket.blob(key).delete()
-    _synth(airflow, key, 410, 4)
+    _synth(airflow, key, 1210, 4)
     clear = {"dag_run_id": run_id, "only_failed": True, "dry_run": False, "reset_dag_runs": True}
     assert airflow.api("POST", f"/dags/{TRAINING}/clearTaskInstances", clear)[0] == 200
     assert _wait_for_run(airflow, TRAINING, run_id) == "success"
