@@ -234,7 +234,7 @@ def test_metadata_records_lineage_config_and_image(
     assert metadata["data"]["rows"] == len(TRAIN) + len(HOLDOUT)
     assert metadata["data"]["holdout_rows"] == len(HOLDOUT)
     assert metadata["feature_spec"]["embedding_columns"] == EMBEDDING_COLUMNS
-    assert metadata["config"]["register"]["promotion_margin"] == CONFIG.register.promotion_margin
+    assert metadata["config"]["register"]["promotion_margin"] == CONFIG.register_.promotion_margin
     assert metadata["config"]["validate"]["embedding_dim"] == 584
     assert metadata["package_version"]
     assert metadata["image_tag"] == "europe-docker.pkg.dev/p/pipeline:1.2.3"
@@ -278,7 +278,7 @@ def test_a_better_model_is_promoted_and_remembers_the_previous_champion(
 
     assert xcom["promoted"] is True
     assert xcom["champion_version"] == xcom["model_version"]
-    assert xcom["candidate_f1_macro"] > xcom["champion_f1_macro"] + CONFIG.register.promotion_margin
+    assert xcom["candidate_f1_macro"] > xcom["champion_f1_macro"] + CONFIG.register_.promotion_margin
     champion = registry.champion(registry_uri)
     assert champion["version"] == xcom["model_version"]
     assert champion["previous_version"] == champion_run["model_version"]

@@ -105,18 +105,46 @@ class RegisterConfig(_Section):
     image_tag: str = "local"
 
 
+class ConversationsConfig(_Section):
+    """The daily conversations job: validation limits, snippets, index choice and the recall gate."""
+
+    # A conversation with more messages or characters than this is quarantined
+    # as oversized rather than embedded (the encoder truncates long input anyway).
+    max_messages: int = Field(default=200, gt=0)
+    max_conversation_chars: int = Field(default=20_000, gt=0)
+    # Bad conversations up to this share of the day are quarantined; above it
+    # the day fails (a broken export, not a few bad records).
+    max_bad_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    # Characters of the redacted user text kept as the searchable snippet.
+    snippet_chars: int = Field(default=240, gt=0)
+    # Below this many vectors an exact IndexFlatIP; from it on HNSW.
+    flat_max_vectors: int = Field(default=100_000, ge=0)
+    hnsw_m: int = Field(default=32, ge=2)
+    hnsw_ef_construction: int = Field(default=80, gt=0)
+    hnsw_ef_search: int = Field(default=64, gt=0)
+    # publish refuses an index whose recall@10 against exact search on a
+    # sample of its own vectors is below this.
+    min_recall_at_10: float = Field(default=0.95, ge=0.0)
+    recall_sample: int = Field(default=500, gt=0)
+    # search retrieves k * this many candidates before applying --intent/--since.
+    search_overfetch: int = Field(default=10, ge=1)
+
+
 class PipelineConfig(_Section):
     seed: int = 42
     labels: list[str] = Field(default_factory=lambda: list(INTENTS))
     negative_label: str = "no_privacy_intent"
     ingest: IngestConfig = IngestConfig()
+    # `validate` and `register` are also names on pydantic's BaseModel, hence the trailing _ in Python;
+    # YAML files and --set use the plain names.
     validate_: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
     featurize: FeaturizeConfig = FeaturizeConfig()
     split: SplitConfig = SplitConfig()
     smote: SmoteConfig = SmoteConfig()
     tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
-    register: RegisterConfig = RegisterConfig()
+    register_: RegisterConfig = Field(default=RegisterConfig(), alias="register")
+    conversations: ConversationsConfig = ConversationsConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -183,7 +183,7 @@ def _read_json_object(uri: str, problem: str, remedy: str) -> dict[str, Any]:
 
 
 def _image_tag(config: PipelineConfig) -> str:
-    return os.environ.get(IMAGE_TAG_ENV) or config.register.image_tag
+    return os.environ.get(IMAGE_TAG_ENV) or config.register_.image_tag
 
 
 def _metadata(config: PipelineConfig, run_uri: str, registration: dict[str, Any], inputs: RunInputs) -> dict[str, Any]:
@@ -231,8 +231,8 @@ def _run_record(
         "candidate_f1_macro": inputs.candidate_f1_macro,
         "champion_before": decision.champion_before,
         "champion_f1_macro": decision.champion_f1_macro,
-        "promotion_margin": config.register.promotion_margin,
-        "promote_enabled": config.register.promote,
+        "promotion_margin": config.register_.promotion_margin,
+        "promote_enabled": config.register_.promote,
         "promoted": decision.promoted,
         "decision_reason": decision.reason,
         "champion_version": champion_after,
@@ -251,8 +251,8 @@ class _ChampionJudge:
         self._scores: dict[str, float | str] = {}
 
     def decide(self, current: dict[str, Any] | None, version: str) -> Decision:
-        enabled = self._config.register.promote
-        margin = self._config.register.promotion_margin
+        enabled = self._config.register_.promote
+        margin = self._config.register_.promotion_margin
         candidate = self._inputs.candidate_f1_macro
         if current is None:
             if not enabled:
