@@ -81,6 +81,12 @@ class TuneConfig(_Section):
     l1_ratios: list[float] = Field(default_factory=lambda: [0.0])
     max_iter: int = Field(default=300, gt=0)
     tol: float = Field(default=1e-4, gt=0)
+    # BLAS threads for the classifier fits (search and final fit). lbfgs on a
+    # few thousand weights makes many tiny BLAS calls that extra threads only
+    # slow down, and OpenBLAS sizes its pool by the node's cores, not the
+    # pod's CPU limit: measured 23x slower with the default pool on a busy
+    # 2-core machine.
+    blas_threads: int = Field(default=1, gt=0)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> TuneConfig:

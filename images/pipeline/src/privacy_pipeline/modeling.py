@@ -1,0 +1,357 @@
+"""The classifier pipeline, its hyperparameter candidates and the cross-validated search over them.
+
+One ``imblearn.pipeline.Pipeline`` is the model from end to end: feature
+assembly (the TF-IDF -> SVD part is fitted here, on training rows only, so the
+holdout never leaks into the vocabulary), scaling, SMOTE and the logistic
+regression. Because SMOTE is a pipeline step, it resamples training folds only:
+at predict time imbalanced-learn skips samplers.
+
+``cross_validate_candidates`` computes what ``GridSearchCV`` over that pipeline
+computes, without refitting the same featurizer, scaler and SMOTE once per
+candidate and without starting every fit from zero weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import logging
+import math
+import time
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd  # type: ignore[import-untyped]
+from imblearn.over_sampling import SMOTE  # type: ignore[import-untyped]
+from imblearn.pipeline import Pipeline  # type: ignore[import-untyped]
+from sklearn.base import clone  # type: ignore[import-untyped]
+from sklearn.compose import ColumnTransformer  # type: ignore[import-untyped]
+from sklearn.exceptions import ConvergenceWarning  # type: ignore[import-untyped]
+from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+from sklearn.metrics import f1_score  # type: ignore[import-untyped]
+from sklearn.model_selection import StratifiedKFold  # type: ignore[import-untyped]
+from sklearn.preprocessing import StandardScaler  # type: ignore[import-untyped]
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+from privacy_pipeline import storage
+from privacy_pipeline.config import PipelineConfig
+from privacy_pipeline.errors import StageError
+
+log = logging.getLogger(__name__)
+
+FEATURE_SPEC_KEYS = ("mode", "text_column", "embedding_columns", "handcrafted_columns")
+# The only hyperparameters a candidate sets; the fast search relies on them
+# leaving featurizer, scaler and SMOTE untouched.
+CANDIDATE_PARAMS = ("clf__C", "clf__l1_ratio")
+
+
+# --- tables -------------------------------------------------------------------------------------------------------
+
+
+def read_table(uri: str) -> pd.DataFrame:
+    """A Parquet table from storage (features, train or holdout)."""
+    return pd.read_parquet(storage.open_bytes(uri))
+
+
+def table_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+# --- feature spec -------------------------------------------------------------------------------------------------
+
+
+def check_feature_spec(spec: Any, source: str, needed_by: str) -> dict[str, Any]:
+    """The feature spec written by featurize, or a StageError naming what is wrong with it."""
+    if not isinstance(spec, dict):
+        raise StageError(f"{needed_by}: {source} is not a feature spec object")
+    missing = [key for key in FEATURE_SPEC_KEYS if key not in spec]
+    if missing:
+        raise StageError(f"{needed_by}: {source} lacks the fields {missing}; rerun featurize")
+    if spec["mode"] not in ("text", "embedded"):
+        raise StageError(f"{needed_by}: {source} has mode {spec['mode']!r} (expected 'text' or 'embedded')")
+    if spec["mode"] == "text" and not spec["text_column"]:
+        raise StageError(f"{needed_by}: {source} is in text mode but names no text_column")
+    if spec["mode"] == "embedded" and not spec["embedding_columns"] and not spec["handcrafted_columns"]:
+        raise StageError(f"{needed_by}: {source} lists no embedding or handcrafted columns")
+    return spec
+
+
+def input_columns(spec: dict[str, Any]) -> list[str]:
+    """The columns the model reads, in a fixed order: text (in text mode), embeddings, handcrafted."""
+    text = [spec["text_column"]] if spec["mode"] == "text" else []
+    return [*text, *spec["embedding_columns"], *spec["handcrafted_columns"]]
+
+
+def model_inputs(frame: pd.DataFrame, spec: dict[str, Any], source: str, needed_by: str) -> pd.DataFrame:
+    """Exactly the model's input columns of ``frame``; ids and labels never reach the model."""
+    wanted = input_columns(spec)
+    missing = [column for column in wanted if column not in frame.columns]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise StageError(f"{needed_by}: {source} lacks the feature columns {shown} named in the feature spec")
+    return frame[wanted]
+
+
+# --- the pipeline -------------------------------------------------------------------------------------------------
+
+
+def _features_step(spec: dict[str, Any], config: PipelineConfig) -> ColumnTransformer:
+    parts: list[tuple[str, Any, Any]] = []
+    if spec["mode"] == "text":
+        # Imported here: the module pulls in the TF-IDF machinery only pipelines in text mode need.
+        from privacy_pipeline.tfidf_svd import make_tfidf_svd
+
+        # A scalar column name hands the transformer a 1-D column of strings, as TfidfVectorizer expects.
+        parts.append(("tfidf_svd", make_tfidf_svd(config.featurize, config.seed), spec["text_column"]))
+        if spec["embedding_columns"]:
+            parts.append(("sentence", "passthrough", list(spec["embedding_columns"])))
+    elif spec["embedding_columns"]:
+        parts.append(("embedding", "passthrough", list(spec["embedding_columns"])))
+    if spec["handcrafted_columns"]:
+        parts.append(("handcrafted", "passthrough", list(spec["handcrafted_columns"])))
+    # sparse_threshold=0: the downstream scaler and SMOTE want one dense float32 block.
+    return ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)
+
+
+def _classifier(params: dict[str, Any], config: PipelineConfig) -> LogisticRegression:
+    l1_ratio = float(params.get("clf__l1_ratio", 0.0))
+    return LogisticRegression(
+        C=float(params.get("clf__C", 1.0)),
+        l1_ratio=l1_ratio,
+        # lbfgs is the fast solver but only handles pure L2; any L1 share needs saga.
+        solver="lbfgs" if l1_ratio == 0.0 else "saga",
+        max_iter=config.tune.max_iter,
+        tol=config.tune.tol,
+        random_state=config.seed,
+    )
+
+
+def build_pipeline(
+    spec: dict[str, Any], params: dict[str, Any], config: PipelineConfig, *, resample: bool = True
+) -> Pipeline:
+    """The whole model: features -> scale -> SMOTE -> logistic regression.
+
+    ``params`` uses scikit-learn's nested names (``{"clf__C": 0.1, "clf__l1_ratio": 0.0}``).
+    SMOTE is a step only when ``config.smote.enabled`` and the caller wants
+    resampling (``resample``, e.g. ``config.train.smote`` for the final fit);
+    otherwise the step is ``"passthrough"`` so every pipeline has the same shape.
+    """
+    unknown = sorted(set(params) - set(CANDIDATE_PARAMS))
+    if unknown:
+        raise ValueError(f"build_pipeline: unsupported parameters {unknown}; candidates set only {CANDIDATE_PARAMS}")
+    smote: Any = "passthrough"
+    if config.smote.enabled and resample:
+        smote = SMOTE(k_neighbors=config.smote.k_neighbors, random_state=config.seed)
+    return Pipeline(
+        [
+            ("features", _features_step(spec, config)),
+            ("scale", StandardScaler()),
+            ("smote", smote),
+            ("clf", _classifier(params, config)),
+        ]
+    )
+
+
+def solver_threads(config: PipelineConfig) -> threadpool_limits:
+    """Run the fits inside this: BLAS limited to ``tune.blas_threads`` threads (see the config field for why)."""
+    return threadpool_limits(limits=config.tune.blas_threads, user_api="blas")
+
+
+def check_resampling_possible(y: np.ndarray, config: PipelineConfig, where: str) -> None:
+    """SMOTE interpolates between a row and its k nearest same-class neighbours: every class needs k + 1 rows."""
+    if not config.smote.enabled:
+        return
+    needed = config.smote.k_neighbors + 1
+    counts = Counter(y.tolist())
+    small = sorted((label, n) for label, n in counts.items() if n < needed)
+    if small:
+        listed = ", ".join(f"{label} has {n}" for label, n in small)
+        raise StageError(
+            f"{where}: SMOTE needs at least {needed} rows per class (smote.k_neighbors + 1) but {listed}; "
+            "add data, lower smote.k_neighbors or tune.cv_folds, or set smote.enabled=false"
+        )
+
+
+def resampled_rows(pipeline: Pipeline, train_rows: int) -> int:
+    """Rows the classifier was fitted on: the training rows plus SMOTE's synthetic ones."""
+    smote = pipeline.named_steps["smote"]
+    if smote == "passthrough":
+        return train_rows
+    return train_rows + int(sum(smote.sampling_strategy_.values()))
+
+
+def lbfgs_iterations(pipeline_or_classifier: Any) -> int:
+    """Solver iterations of the last fit (lbfgs iterations, or saga epochs when an L1 share is set)."""
+    classifier = getattr(pipeline_or_classifier, "named_steps", {}).get("clf", pipeline_or_classifier)
+    return int(np.sum(classifier.n_iter_))
+
+
+# --- candidates ---------------------------------------------------------------------------------------------------
+
+
+def candidates(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Every hyperparameter candidate of the search, in a fixed order with stable ids (``c0000``, ...)."""
+    tune = config.tune
+    if tune.search == "grid":
+        drawn = [(float(c), float(r)) for c, r in itertools.product(tune.c_grid, tune.l1_ratios)]
+    else:
+        rng = np.random.default_rng(config.seed)
+        log_c = rng.uniform(math.log(tune.c_min), math.log(tune.c_max), size=tune.n_trials)
+        ratios = rng.choice(np.asarray(tune.l1_ratios, dtype=float), size=tune.n_trials)
+        drawn = [(float(math.exp(c)), float(r)) for c, r in zip(log_c, ratios, strict=True)]
+    return [
+        {"candidate_id": f"c{index:04d}", "params": {"clf__C": c, "clf__l1_ratio": r}}
+        for index, (c, r) in enumerate(drawn)
+    ]
+
+
+def shard_candidates(cands: Sequence[dict[str, Any]], shard: int, num_shards: int) -> list[dict[str, Any]]:
+    """Shard ``shard`` of ``num_shards``: every num_shards-th candidate, so each shard gets small and large C alike."""
+    if num_shards < 1:
+        raise StageError(f"tune: --num-shards must be at least 1, got {num_shards}")
+    if not 0 <= shard < num_shards:
+        raise StageError(f"tune: --shard {shard} is outside 0..{num_shards - 1} for --num-shards {num_shards}")
+    return list(cands[shard::num_shards])
+
+
+# --- the search ---------------------------------------------------------------------------------------------------
+
+
+def _prepared_fold(
+    reference: Pipeline, X_train: pd.DataFrame, y_train: np.ndarray, X_valid: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit features, scaler and SMOTE on the training fold, as the pipeline's fit would; transform the validation fold.
+
+    The validation fold is only transformed, never resampled: it stays the
+    rows a user would send.
+    """
+    features = clone(reference.named_steps["features"])
+    scaler = clone(reference.named_steps["scale"])
+    X_fit = scaler.fit_transform(features.fit_transform(X_train, y_train), y_train)
+    X_check = scaler.transform(features.transform(X_valid))
+    y_fit = y_train
+    smote = reference.named_steps["smote"]
+    if smote != "passthrough":
+        X_fit, y_fit = clone(smote).fit_resample(X_fit, y_train)
+    return X_fit, np.asarray(y_fit), X_check
+
+
+def _walk_c_values(
+    walk: Sequence[dict[str, Any]],
+    config: PipelineConfig,
+    X_fit: np.ndarray,
+    y_fit: np.ndarray,
+    X_check: np.ndarray,
+    y_check: np.ndarray,
+) -> dict[str, dict[str, Any]]:
+    """Fit one fold's candidates of one l1_ratio in increasing C, each fit starting from the previous optimum."""
+    classifier = _classifier(walk[0]["params"], config).set_params(warm_start=True)
+    outcomes: dict[str, dict[str, Any]] = {}
+    for cand in walk:
+        classifier.set_params(C=float(cand["params"]["clf__C"]))
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            # Counted by the caller and reported once, instead of one warning per fit.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            classifier.fit(X_fit, y_fit)
+        seconds = time.perf_counter() - started
+        predicted = classifier.predict(X_check)
+        outcomes[cand["candidate_id"]] = {
+            "score": float(f1_score(y_check, predicted, average="macro", zero_division=0.0)),
+            "n_iter": lbfgs_iterations(classifier),
+            "converged": bool(np.max(classifier.n_iter_) < config.tune.max_iter),
+            "seconds": seconds,
+        }
+    return outcomes
+
+
+def cross_validate_candidates(
+    X: pd.DataFrame, y: Any, spec: dict[str, Any], cands: Sequence[dict[str, Any]], config: PipelineConfig
+) -> list[dict[str, Any]]:
+    """Mean macro-F1 over stratified CV folds for each candidate, as ``GridSearchCV`` over ``build_pipeline`` gives.
+
+    Per fold the featurizer, scaler and SMOTE are fitted once on the training
+    fold and their output is shared by every candidate. Per l1_ratio, one
+    warm-started classifier walks the C values upwards: each fit starts from
+    the previous, more regularised optimum, which is close, so it converges in
+    few iterations. The optimum only moves within ``tune.tol``.
+    """
+    if not cands:
+        return []
+    for cand in cands:
+        unknown = sorted(set(cand["params"]) - set(CANDIDATE_PARAMS))
+        if unknown:
+            raise ValueError(f"cross_validate_candidates: {cand['candidate_id']} sets {unknown}, which it cannot share")
+    labels = np.asarray(y)
+    reference = build_pipeline(spec, {}, config)
+    by_l1_ratio: dict[float, list[dict[str, Any]]] = defaultdict(list)
+    for cand in cands:
+        by_l1_ratio[float(cand["params"]["clf__l1_ratio"])].append(cand)
+    walks = [
+        sorted(group, key=lambda c: (float(c["params"]["clf__C"]), c["candidate_id"]))
+        for _, group in sorted(by_l1_ratio.items())
+    ]
+
+    per_fold: list[dict[str, dict[str, Any]]] = []
+    folds = StratifiedKFold(n_splits=config.tune.cv_folds, shuffle=True, random_state=config.seed)
+    with solver_threads(config):
+        for fold, (train_index, valid_index) in enumerate(folds.split(np.zeros(len(labels)), labels)):
+            check_resampling_possible(labels[train_index], config, f"tune: CV training fold {fold}")
+            X_train, X_valid = X.iloc[train_index], X.iloc[valid_index]
+            X_fit, y_fit, X_check = _prepared_fold(reference, X_train, labels[train_index], X_valid)
+            log.info(
+                "fold %d: %d training rows (%d after resampling), %d validation rows",
+                fold,
+                len(train_index),
+                len(y_fit),
+                len(valid_index),
+            )
+            fold_outcomes: dict[str, dict[str, Any]] = {}
+            for walk in walks:
+                fold_outcomes |= _walk_c_values(walk, config, X_fit, y_fit, X_check, labels[valid_index])
+            per_fold.append(fold_outcomes)
+
+    results = []
+    for cand in cands:
+        outcomes = [fold[cand["candidate_id"]] for fold in per_fold]
+        scores = [o["score"] for o in outcomes]
+        results.append(
+            {
+                "candidate_id": cand["candidate_id"],
+                "params": dict(cand["params"]),
+                "mean_score": float(np.mean(scores)),
+                "std_score": float(np.std(scores)),
+                "fold_scores": scores,
+                "n_iter": sum(o["n_iter"] for o in outcomes),
+                "converged": all(o["converged"] for o in outcomes),
+                "fit_seconds": round(sum(o["seconds"] for o in outcomes), 4),
+            }
+        )
+    unconverged = [r["candidate_id"] for r in results if not r["converged"]]
+    if unconverged:
+        log.warning(
+            "%d of %d candidates hit tune.max_iter=%d in some fold without converging: %s",
+            len(unconverged),
+            len(cands),
+            config.tune.max_iter,
+            ", ".join(unconverged),
+        )
+    return results
+
+
+def ranked(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Results best first: highest mean score; on a tie the smaller C (the simpler model), then the candidate id."""
+    return sorted(results, key=lambda r: (-r["mean_score"], float(r["params"]["clf__C"]), r["candidate_id"]))
+
+
+def candidates_fingerprint(cands: Sequence[dict[str, Any]]) -> str:
+    """A short digest of the candidate list, so select can tell shards of different searches apart."""
+    canonical = json.dumps([[c["candidate_id"], c["params"]] for c in cands], sort_keys=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
