@@ -65,7 +65,7 @@ def _split_gcs(uri: str) -> tuple[str, str]:
 
 @functools.cache
 def _gcs_client() -> Any:
-    from google.cloud import storage as gcs
+    from google.cloud import storage as gcs  # type: ignore[import-untyped]
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         # The emulator accepts anonymous requests; without this the client
