@@ -19,7 +19,7 @@ setup: $(PIPELINE_VENV)/.installed $(AIRFLOW_VENV)/.installed
 
 $(PIPELINE_VENV)/.installed: images/pipeline/pyproject.toml
 	$(PYTHON) -m venv $(PIPELINE_VENV)
-	$(PIPELINE_BIN)/pip install --quiet -e 'images/pipeline[test]'
+	$(PIPELINE_BIN)/pip install --quiet -e 'images/pipeline[test,bench]'
 	touch $@
 
 $(AIRFLOW_VENV)/.installed: requirements.txt
@@ -44,6 +44,11 @@ test: lint
 .PHONY: demo
 demo: setup
 	$(AIRFLOW_BIN)/python -m embedded.demo
+
+## demo-conversations: two days of conversations through the daily_conversations DAG, a re-run of day 1, then a search
+.PHONY: demo-conversations
+demo-conversations: setup
+	$(AIRFLOW_BIN)/python -m embedded.demo_conversations
 
 ## airflow: start a local Airflow 3 (api-server + web UI, scheduler, dag-processor, triggerer) on 127.0.0.1:8080 with PostgreSQL; Ctrl-C stops it
 .PHONY: airflow

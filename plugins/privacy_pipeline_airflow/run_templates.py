@@ -42,3 +42,21 @@ def run_uri(settings: PipelineSettings) -> str:
 
 def registry_uri(settings: PipelineSettings) -> str:
     return settings.gcs_uri(settings.registry_prefix) + "/"
+
+
+def conversations_partition(settings: PipelineSettings) -> str:
+    """The logical date's conversations partition within the bucket: ``raw/conversations/ds=<ds>/``."""
+    return settings.conversations_prefix.strip("/") + "/ds={{ ds }}/"
+
+
+def conversations_source_uri(settings: PipelineSettings) -> str:
+    return f"gs://{settings.bucket}/" + conversations_partition(settings)
+
+
+def conversations_run_uri(settings: PipelineSettings) -> str:
+    """A conversations run's own prefix, apart from training runs whose run ids may be the same."""
+    return settings.gcs_uri(settings.runs_prefix, "conversations") + "/{{ run_id | object_safe }}/"
+
+
+def vector_store_uri(settings: PipelineSettings) -> str:
+    return settings.gcs_uri(settings.vector_store_prefix) + "/"

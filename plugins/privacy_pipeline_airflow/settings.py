@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 STAGES = ("ingest", "validate", "featurize", "split", "tune", "select", "train", "evaluate", "register")
-CONVERSATION_STAGES = ("conversations",)
 
 # Bucket names per GCS's naming rules (lowercase, digits, -, _, .; 3-63 chars).
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
@@ -49,7 +48,14 @@ def _default_resources() -> dict[str, StageResources]:
         "train": heavy,
         "evaluate": standard,
         "register": standard,
-        "conversations": heavy,
+        # The daily conversations job (dags/daily_conversations.py): the stages
+        # that load the sentence model or a whole store version are heavy.
+        "conversations-validate": standard,
+        "conversations-redact": standard,
+        "conversations-embed": heavy,
+        "conversations-tag": heavy,
+        "conversations-upsert": heavy,
+        "conversations-publish": heavy,
     }
 
 
@@ -91,7 +97,9 @@ class PipelineSettings(BaseSettings):
     # a file, never copied into env values. Empty when the node's identity
     # (workload identity federation) is enough.
     gcp_credentials_secret: str = "privacy-pipeline-gcp"
-    pod_runtime: Literal["kubernetes", "local"] = "kubernetes"
+    # Who runs a rendered stage pod: the cluster, this machine from the stage
+    # package's venv (local), or this machine inside the built image (image).
+    pod_runtime: Literal["kubernetes", "local", "image"] = "kubernetes"
     startup_timeout_seconds: int = Field(default=600, gt=0)
     # After an OOMKilled try the next one asks for this much more memory, up to the cap.
     oom_memory_step: float = Field(default=1.5, ge=1.0)
@@ -105,6 +113,9 @@ class PipelineSettings(BaseSettings):
     local_bin_dir: str = ""
     # Kubernetes ConfigMap/Secret manifests the local runtime resolves env refs from.
     local_cluster_file: str = ""
+    # The image the `image` runtime runs from buildah's local store (`make image`
+    # builds localhost/privacy-intent-pipeline:<version>); empty means `image`.
+    local_image: str = ""
 
     @field_validator("bucket")
     @classmethod

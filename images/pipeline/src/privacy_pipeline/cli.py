@@ -70,6 +70,42 @@ def _register_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", required=True, metavar="URI", help="the model registry prefix")
 
 
+def _synth_conversations_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="URI", help="file to write (.jsonl or .parquet)")
+    parser.add_argument("--day", required=True, metavar="YYYY-MM-DD", help="the day the conversations happened")
+    parser.add_argument("--conversations", type=int, default=500, metavar="N")
+    parser.add_argument("--seed", type=int, default=7, metavar="S")
+
+
+def _conversations_validate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source", required=True, metavar="URI", help="a day's partition, e.g. gs://bucket/raw/conversations/ds=..."
+    )
+    _run_arg(parser)
+    parser.add_argument("--day", metavar="YYYY-MM-DD", help="default: the ds= of --source")
+
+
+def _store_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", dest="store_uri", required=True, metavar="URI", help="the vector store prefix (holds latest.json)"
+    )
+
+
+def _conversations_store_args(parser: argparse.ArgumentParser) -> None:
+    _run_arg(parser)
+    _store_arg(parser)
+
+
+def _search_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", dest="store_uri", required=True, metavar="URI", help="the vector store prefix")
+    parser.add_argument("--query", required=True, metavar="TEXT")
+    parser.add_argument("--k", type=int, default=10, metavar="N", help="how many conversations to return")
+    parser.add_argument("--intent", metavar="NAME", help="only conversations the champion tagged with this intent")
+    parser.add_argument("--since", metavar="YYYY-MM-DD", help="only conversations of this day or later")
+    parser.add_argument("--version", metavar="V", help="a store version (default: latest)")
+    parser.add_argument("--json", dest="as_json", action="store_true", help="print JSON for machines")
+
+
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
         "synth",
@@ -154,6 +190,70 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "<registry>/runs/<version>.json, and moves <registry>/champion.json when the candidate beats the "
         "champion on this run's holdout by register.promotion_margin.",
         _register_args,
+    ),
+    Subcommand(
+        "synth-conversations",
+        "synth_conversations",
+        "write a day of synthetic support conversations",
+        "Writes --out (.jsonl or .parquet): user/agent conversations of --day, ~15% carrying privacy requests, "
+        "with fake emails, phone numbers, card numbers and IPs; deterministic for --seed and --day.",
+        _synth_conversations_args,
+    ),
+    Subcommand(
+        "conversations-validate",
+        "conversations_validate",
+        "check a day's conversations; quarantine bad ones",
+        "Reads the JSONL/Parquet parts under --source. Writes <run>/conversations/validate/conversations.parquet "
+        "(an index of the valid conversations, no text), quarantine.parquet and report.json. Fails when bad "
+        "conversations exceed conversations.max_bad_fraction.",
+        _conversations_validate_args,
+    ),
+    Subcommand(
+        "conversations-redact",
+        "conversations_redact",
+        "replace emails, phone numbers, card numbers and IPs in the validated conversations",
+        "Re-reads the validated source parts. Writes <run>/conversations/redact/conversations.parquet, the only "
+        "conversation text the job stores.",
+        _run_arg,
+    ),
+    Subcommand(
+        "conversations-embed",
+        "conversations_embed",
+        "embed each conversation's redacted user turns with all-MiniLM-L6-v2",
+        "Reads <run>/conversations/redact/. Writes <run>/conversations/embed/embeddings.parquet.",
+        _run_arg,
+    ),
+    Subcommand(
+        "conversations-tag",
+        "conversations_tag",
+        "tag each conversation with the champion privacy-intent model",
+        "Reads <run>/conversations/redact/ and the champion from --registry. Writes "
+        "<run>/conversations/tag/tags.parquet, or skips with a note when there is no usable champion.",
+        _register_args,
+    ),
+    Subcommand(
+        "conversations-upsert",
+        "conversations_upsert",
+        "merge the day into the store's latest vectors as a candidate",
+        "Reads the run's embeddings and tags and the store's latest version. Writes the candidate (vectors.npy, "
+        "metadata.parquet, candidate.json) under <run>/conversations/upsert/; a day already in the store is replaced.",
+        _conversations_store_args,
+    ),
+    Subcommand(
+        "conversations-publish",
+        "conversations_publish",
+        "build the index, check recall@10, publish a new store version",
+        "Reads the run's candidate. Writes <store>/versions/<version>/ (index.faiss, vectors.npy, metadata.parquet, "
+        "manifest.json) and then moves <store>/latest.json; refuses below conversations.min_recall_at_10.",
+        _conversations_store_args,
+    ),
+    Subcommand(
+        "search",
+        "search",
+        "find stored conversations similar to a query",
+        "Prints the --k most similar conversations of the store's latest version (or --version): ids, scores, "
+        "days, intents and redacted snippets; --json for machines.",
+        _search_args,
     ),
 )
 

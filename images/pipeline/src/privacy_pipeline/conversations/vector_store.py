@@ -1,0 +1,305 @@
+"""The versioned FAISS vector store of conversations.
+
+Layout under the store prefix (local path, ``file://`` or ``gs://``)::
+
+    versions/<version>/index.faiss      IndexIDMap2 over Flat or HNSW, inner product on unit vectors
+    versions/<version>/vectors.npy      the vectors, row-aligned with metadata (the next upsert rebuilds from them)
+    versions/<version>/metadata.parquet id, conversation_id, day, intent, intent_probability, snippet, ...
+    versions/<version>/manifest.json    version, parent_version, counts, model, dimension, index kind, recall@10
+    latest.json                         the pointer to the version readers use; moved by compare-and-swap, last
+
+A version is never modified after its pointer is published, and earlier
+versions are kept, so a reader holding an old pointer still finds its files.
+FAISS ids are stable: the first 8 bytes of sha256(conversation_id), so the
+same conversation always has the same id in every version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faiss  # type: ignore[import-untyped]
+import numpy as np
+import pandas as pd  # type: ignore[import-untyped]
+
+from privacy_pipeline import storage
+from privacy_pipeline.config import ConversationsConfig
+from privacy_pipeline.errors import StageError
+
+INDEX_FLAT = "flat"
+INDEX_HNSW = "hnsw"
+RECALL_K = 10
+METADATA_COLUMNS = (
+    "id",
+    "conversation_id",
+    "day",
+    "intent",
+    "intent_probability",
+    "snippet",
+    "user_id_hash",
+    "n_messages",
+    "started_at",
+)
+_NON_NEGATIVE_INT64 = 0x7FFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    store_uri: str
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.store_uri, *parts)
+
+    @property
+    def latest(self) -> str:
+        return self.path("latest.json")
+
+    def version_dir(self, version: str) -> str:
+        return self.path("versions", version)
+
+    def index(self, version: str) -> str:
+        return self.path("versions", version, "index.faiss")
+
+    def vectors(self, version: str) -> str:
+        return self.path("versions", version, "vectors.npy")
+
+    def metadata(self, version: str) -> str:
+        return self.path("versions", version, "metadata.parquet")
+
+    def manifest(self, version: str) -> str:
+        return self.path("versions", version, "manifest.json")
+
+
+@dataclass(frozen=True)
+class LatestPointer:
+    """``latest.json`` as read, with the generation a swap must still find (0: no version yet)."""
+
+    pointer: dict[str, Any] | None
+    generation: int
+
+    @property
+    def version(self) -> str | None:
+        return None if self.pointer is None else str(self.pointer["version"])
+
+
+@dataclass(frozen=True)
+class StoreVersion:
+    version: str
+    manifest: dict[str, Any]
+    vectors: np.ndarray
+    metadata: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Merge:
+    vectors: np.ndarray
+    metadata: pd.DataFrame
+    # New conversations, conversations whose earlier entry was replaced, and
+    # earlier entries of the day that the day no longer has.
+    added: int
+    replaced: int
+    removed: int
+
+
+def stable_id(conversation_id: str) -> int:
+    """The conversation's FAISS id: the first 8 bytes of its SHA-256, made non-negative for int64."""
+    digest = hashlib.sha256(conversation_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") & _NON_NEGATIVE_INT64
+
+
+def stable_ids(conversation_ids: Sequence[str]) -> np.ndarray:
+    return np.fromiter((stable_id(c) for c in conversation_ids), dtype=np.int64, count=len(conversation_ids))
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Unit rows in float32, so inner product is cosine similarity."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def read_latest(store_uri: str, stage: str) -> LatestPointer:
+    uri = StoreLayout(store_uri).latest
+    if not storage.exists(uri):
+        return LatestPointer(pointer=None, generation=0)
+    # Generation before content: if another publish lands in between, our
+    # swap fails safely instead of succeeding against a stale parent.
+    generation = storage.stat(uri).generation
+    pointer = storage.read_json(uri)
+    if not isinstance(pointer, dict) or not pointer.get("version"):
+        raise StageError(f"{stage}: {uri} is not a store pointer (needs 'version')")
+    return LatestPointer(pointer=pointer, generation=generation)
+
+
+def resolve_version(store_uri: str, version: str | None, stage: str) -> str:
+    """``version`` itself, or the one ``latest.json`` points at."""
+    if version:
+        return version
+    latest = read_latest(store_uri, stage)
+    if latest.version is None:
+        raise StageError(
+            f"{stage}: the store {store_uri} has no published version yet ({StoreLayout(store_uri).latest})"
+        )
+    return latest.version
+
+
+def read_manifest(store_uri: str, version: str, stage: str) -> dict[str, Any]:
+    uri = StoreLayout(store_uri).manifest(version)
+    if not storage.exists(uri):
+        raise StageError(f"{stage}: the store {store_uri} has no version {version} ({uri} is missing)")
+    manifest = storage.read_json(uri)
+    if not isinstance(manifest, dict):
+        raise StageError(f"{stage}: {uri} is not a manifest object")
+    return manifest
+
+
+def read_metadata(uri: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+
+
+def metadata_bytes(metadata: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    metadata.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def read_vectors(uri: str) -> np.ndarray:
+    return np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
+
+
+def vectors_bytes(vectors: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def load_version(store_uri: str, version: str, stage: str) -> StoreVersion:
+    layout = StoreLayout(store_uri)
+    manifest = read_manifest(store_uri, version, stage)
+    vectors = read_vectors(layout.vectors(version))
+    metadata = read_metadata(layout.metadata(version))
+    if len(vectors) != len(metadata):
+        raise StageError(
+            f"{stage}: store version {version} is inconsistent: {len(vectors)} vectors in "
+            f"{layout.vectors(version)} but {len(metadata)} metadata rows in {layout.metadata(version)}"
+        )
+    return StoreVersion(version=version, manifest=manifest, vectors=vectors, metadata=metadata)
+
+
+def merge_day(
+    base_vectors: np.ndarray, base_metadata: pd.DataFrame, day_vectors: np.ndarray, day_metadata: pd.DataFrame, day: str
+) -> Merge:
+    """The store with ``day`` replaced by ``day_metadata``: every earlier entry of the day goes, the new ones come.
+
+    A conversation id that already exists under another day (a conversation
+    that went on past midnight) is replaced too: one conversation, one entry.
+    Rows are ordered by (day, conversation_id), so the same inputs always give
+    the same store, whatever order the days were processed in.
+    """
+    new_ids = set(day_metadata["id"].tolist())
+    base_ids = base_metadata["id"].to_numpy()
+    in_new = np.isin(base_ids, np.fromiter(new_ids, dtype=np.int64, count=len(new_ids)))
+    of_day = (base_metadata["day"] == day).to_numpy()
+    keep = ~(in_new | of_day)
+    replaced = int(in_new.sum())
+    removed = int((of_day & ~in_new).sum())
+    metadata = pd.concat([base_metadata[keep], day_metadata], ignore_index=True)
+    vectors = np.concatenate([base_vectors[keep], day_vectors]) if len(base_vectors) else day_vectors
+    order = np.lexsort((metadata["conversation_id"].to_numpy(), metadata["day"].to_numpy()))
+    return Merge(
+        vectors=np.ascontiguousarray(vectors[order], dtype=np.float32),
+        metadata=metadata.iloc[order].reset_index(drop=True),
+        added=len(day_metadata) - replaced,
+        replaced=replaced,
+        removed=removed,
+    )
+
+
+def index_kind(n_vectors: int, config: ConversationsConfig) -> str:
+    return INDEX_FLAT if n_vectors < config.flat_max_vectors else INDEX_HNSW
+
+
+def build_index(vectors: np.ndarray, ids: np.ndarray, config: ConversationsConfig) -> tuple[Any, str]:
+    """An IndexIDMap2 over exact Flat (small stores) or HNSW (large ones), inner product on unit vectors."""
+    dimension = vectors.shape[1]
+    kind = index_kind(len(vectors), config)
+    inner: Any
+    if kind == INDEX_FLAT:
+        inner = faiss.IndexFlatIP(dimension)
+    else:
+        inner = faiss.IndexHNSWFlat(dimension, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = config.hnsw_ef_construction
+        inner.hnsw.efSearch = config.hnsw_ef_search
+    index = faiss.IndexIDMap2(inner)
+    if len(vectors):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    return index, kind
+
+
+def set_ef_search(index: Any, ef_search: int) -> None:
+    """efSearch is a query-time knob; an index read back from bytes gets it from the manifest."""
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = ef_search
+
+
+def recall_at_k(index: Any, vectors: np.ndarray, sample: int, seed: int, k: int = RECALL_K) -> float:
+    """Share of the exact top-k that ``index`` finds, averaged over sampled queries from the store's own vectors.
+
+    The queries are the distribution searches will see. A returned neighbour
+    counts when it scores at least the exact k-th neighbour's score: support
+    conversations repeat word for word, and among identical vectors any of
+    the tied ids is a right answer. With fewer than k vectors, k shrinks to
+    their number.
+    """
+    n = len(vectors)
+    if n == 0:
+        return 1.0
+    k = min(k, n)
+    rng = np.random.default_rng(seed)
+    queries = vectors[np.sort(rng.choice(n, size=min(sample, n), replace=False))]
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    exact_scores, _ = exact.search(queries, k)
+    found_scores, found_ids = index.search(queries, k)
+    # float32 inner products of the same pair can differ in the last bits between index types.
+    kth_best = exact_scores[:, k - 1 : k] - 1e-5
+    hits = ((found_scores >= kth_best) & (found_ids >= 0)).sum(axis=1)
+    return float(np.minimum(hits, k).sum() / (len(queries) * k))
+
+
+def index_bytes(index: Any) -> bytes:
+    return faiss.serialize_index(index).tobytes()
+
+
+def read_index(uri: str, ef_search: int | None = None) -> Any:
+    index = faiss.deserialize_index(np.frombuffer(storage.read_bytes(uri), dtype=np.uint8))
+    if ef_search is not None:
+        set_ef_search(index, ef_search)
+    return index
+
+
+def pointer_bytes(pointer: dict[str, Any]) -> bytes:
+    """The bytes ``storage.write_json`` would write, for the pointer moved by compare-and-swap."""
+    return (json.dumps(pointer, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
+def empty_metadata() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": pd.Series(dtype="int64"),
+            "conversation_id": pd.Series(dtype="str"),
+            "day": pd.Series(dtype="str"),
+            "intent": pd.Series(dtype="str"),
+            "intent_probability": pd.Series(dtype="float64"),
+            "snippet": pd.Series(dtype="str"),
+            "user_id_hash": pd.Series(dtype="str"),
+            "n_messages": pd.Series(dtype="int64"),
+            "started_at": pd.Series(dtype="str"),
+        }
+    )
