@@ -49,6 +49,13 @@ from privacy_pipeline_airflow.stage_pod import StagePodOperator, stage_arguments
 
 settings = get_settings()
 RUN = run_templates.run_uri(settings)
+# The Params every stage's config must agree on (select re-derives tune's candidate list; register
+# reads promote), passed identically to each pod as `--set` overrides.
+RUN_CONFIG = {
+    "tune.search": "{{ params.search }}",
+    "tune.n_trials": "{{ params.n_trials }}",
+    "register.promote": "{{ params.promote | lower }}",
+}
 
 with DAG(
     dag_id="privacy_intent_training",
@@ -87,36 +94,32 @@ with DAG(
         timeout=int(timedelta(hours=6).total_seconds()),
     )
 
-    ingest = stage_pod("ingest", "--source", run_templates.source_uri(settings), "--run", RUN)
-    validate = stage_pod("validate", "--run", RUN)
-    featurize = stage_pod("featurize", "--run", RUN)
-    split = stage_pod("split", "--run", RUN)
+    ingest = stage_pod(
+        "ingest", "--source", run_templates.source_uri(settings), "--run", RUN, config_overrides=RUN_CONFIG
+    )
+    validate = stage_pod("validate", "--run", RUN, config_overrides=RUN_CONFIG)
+    featurize = stage_pod("featurize", "--run", RUN, config_overrides=RUN_CONFIG)
+    split = stage_pod("split", "--run", RUN, config_overrides=RUN_CONFIG)
 
     @task
-    def plan_tune_shards(run_uri: str, num_shards: str, search: str, n_trials: str) -> list[list[str]]:
+    def plan_tune_shards(run_uri: str, num_shards: str, run_config: dict[str, str]) -> list[list[str]]:
         """One argument list per tune pod: the same search, a different share of its candidates."""
-        overrides = {"tune.search": search, "tune.n_trials": n_trials}
         shards = int(num_shards)
         return [
             stage_arguments(
-                "tune", "--run", run_uri, "--shard", str(i), "--num-shards", str(shards), config_overrides=overrides
+                "tune", "--run", run_uri, "--shard", str(i), "--num-shards", str(shards), config_overrides=run_config
             )
             for i in range(shards)
         ]
 
-    tune_shards = plan_tune_shards(RUN, "{{ params.num_shards }}", "{{ params.search }}", "{{ params.n_trials }}")
+    tune_shards = plan_tune_shards(RUN, "{{ params.num_shards }}", RUN_CONFIG)
     tune = StagePodOperator.partial(task_id="tune", **stage_pod_kwargs("tune")).expand(arguments=tune_shards)
 
-    select_best = stage_pod("select", "--run", RUN, task_id="select_best")
-    train = stage_pod("train", "--run", RUN)
-    evaluate = stage_pod("evaluate", "--run", RUN)
+    select_best = stage_pod("select", "--run", RUN, task_id="select_best", config_overrides=RUN_CONFIG)
+    train = stage_pod("train", "--run", RUN, config_overrides=RUN_CONFIG)
+    evaluate = stage_pod("evaluate", "--run", RUN, config_overrides=RUN_CONFIG)
     register = stage_pod(
-        "register",
-        "--run",
-        RUN,
-        "--registry",
-        run_templates.registry_uri(settings),
-        config_overrides={"register.promote": "{{ params.promote | lower }}"},
+        "register", "--run", RUN, "--registry", run_templates.registry_uri(settings), config_overrides=RUN_CONFIG
     )
 
     wait_for_data >> ingest >> validate >> featurize >> split >> tune_shards

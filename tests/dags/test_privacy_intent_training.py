@@ -163,8 +163,13 @@ def test_data_prefix_param_replaces_the_partition(dag) -> None:
     assert args[args.index("--source") + 1] == "gs://privacy-intent-data/incoming/privacy_intent/b1/"
 
 
-def test_promote_param_reaches_the_register_pod(dag) -> None:
-    pod = render_pod(dag, "register", ds=DS, run_id=RUN_ID, params={"promote": False})
-    args = pod.spec.containers[0].args
-    assert args[: args.index("register")] == ["--set", "register.promote=false"]
-    assert args[args.index("--registry") + 1] == "gs://privacy-intent-data/registry/"
+def test_every_stage_gets_the_same_config_from_the_params(dag) -> None:
+    params = {"promote": False, "search": "random", "n_trials": 7}
+    expected = ["--set", "tune.search=random", "--set", "tune.n_trials=7", "--set", "register.promote=false"]
+    pods = _all_pods(dag, ds=DS, run_id=RUN_ID, params=params)
+    for task_id, pod in pods.items():
+        args = pod.spec.containers[0].args
+        stage = next(a for a in args if not a.startswith("--") and "=" not in a)
+        assert args[: args.index(stage)] == expected, task_id
+    register_args = pods["register"].spec.containers[0].args
+    assert register_args[register_args.index("--registry") + 1] == "gs://privacy-intent-data/registry/"
