@@ -177,6 +177,10 @@ def running_airflow(home: Path, *, port: int | None = None, extra_env: dict[str,
         cleanup.callback(_stop_all)
         commands = {"api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port)]}
         commands.update({name: [name] for name in SERVICES})
+        # Their log servers would listen on every interface (Airflow gives them no host
+        # setting); every component here shares one log folder, which the api-server reads.
+        for name in ("scheduler", "triggerer"):
+            commands[name].append("--skip-serve-logs")
         for name, args in commands.items():
             log = (logs / f"{name}.log").open("a", encoding="utf-8")
             cleanup.callback(log.close)

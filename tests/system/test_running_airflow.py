@@ -88,6 +88,23 @@ def unpaused_training(airflow: RunningAirflow, bucket) -> None:
     assert status == 200, body
 
 
+def test_every_service_listens_on_loopback_only(airflow) -> None:
+    import psutil
+
+    # The services, the GCS emulator and their workers are this test process's descendants.
+    # (PostgreSQL daemonises away from it; local_postgres starts it with -h 127.0.0.1.)
+    listening = [
+        (process.name(), connection.laddr)
+        for process in psutil.Process().children(recursive=True)
+        for connection in process.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    ]
+    api_port = int(airflow.url.rsplit(":", 1)[1])
+    assert api_port in {address.port for _, address in listening}, listening
+    exposed = [(name, address) for name, address in listening if address.ip not in ("127.0.0.1", "::1")]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+
+
 def test_rest_trigger_with_params_runs_to_success(airflow, bucket, unpaused_training) -> None:
     _synth(airflow, "raw/privacy_intent/manual-a/part-0000.csv", 1220, 2)
     status, run = _trigger(airflow, TRAINING, {**FAST, "data_prefix": "raw/privacy_intent/manual-a/"})
