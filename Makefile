@@ -34,9 +34,10 @@ lint: setup
 	$(PIPELINE_BIN)/ruff check .
 	cd images/pipeline && ../../$(PIPELINE_BIN)/mypy src
 
-## test: lint, then the stage package's unit tests, then the Airflow-side tests (DAGs, pods, end to end)
+## test: lint, then the stage package's unit tests, then the Airflow-side tests (DAGs, pods, end to end, system, image)
 .PHONY: test
-test: lint
+# The system tier runs Airflow on PostgreSQL.
+test: lint postgres
 	$(PIPELINE_BIN)/pytest -q images/pipeline/tests
 	PATH="$(CURDIR)/$(PIPELINE_BIN):$$PATH" $(AIRFLOW_BIN)/pytest -q tests
 
@@ -60,3 +61,35 @@ airflow: setup postgres
 postgres:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+## image: build the stage image with buildah on a debootstrap-made Debian base (as root), run stages in it as uid 10001, print its size
+.PHONY: image
+image:
+	bash images/build.sh
+
+CHECKOV_VENV := $(VENV)/checkov
+
+## checkov: install checkov in a venv of its own (its pins conflict with Airflow's); tests/images runs it
+.PHONY: checkov
+checkov: $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_VENV)/.installed: tests/images/requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet -r tests/images/requirements-checkov.txt
+	touch $@
+
+# The Dockerfile, pod and manifest scans in tests/images need checkov.
+test: checkov
+
+AUDIT_VENV := $(VENV)/audit
+
+## audit: pip-audit --strict over both installed dependency sets (needs pypi.org's JSON API or api.osv.dev)
+.PHONY: audit
+audit: setup $(AUDIT_VENV)/.installed
+	$(AUDIT_VENV)/bin/pip-audit --strict --progress-spinner off --path $(PIPELINE_VENV)/lib/python3.11/site-packages
+	$(AUDIT_VENV)/bin/pip-audit --strict --progress-spinner off --path $(AIRFLOW_VENV)/lib/python3.11/site-packages
+
+$(AUDIT_VENV)/.installed: tests/requirements-audit.txt
+	$(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/pip install --quiet -r tests/requirements-audit.txt
+	touch $@

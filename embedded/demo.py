@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     log_file = args.home / f"demo-{now:%Y%m%dT%H%M%SZ}.log"
     started = time.monotonic()
     with embedded_stack(args.home) as stack:
-        print(f"Embedded default: Airflow home {stack.home / 'airflow'}, GCS emulator {stack.emulator_host}")
+        print(
+            f"Embedded default: Airflow home {stack.home / 'airflow'}, GCS emulator {stack.emulator_host}, "
+            f"stage pods run by the {stack.env['PIPELINE_POD_RUNTIME']} runtime"
+        )
         stack.airflow("db", "migrate", log_file=log_file)
         partition = f"gs://{BUCKET}/raw/privacy_intent/ds={ds}/part-0000.csv"
         print(

@@ -4,7 +4,10 @@ Used by ``make demo``, ``make airflow`` and the end-to-end tests, so all three
 run the same wiring: the real DAG files and plugins, an anonymous
 ``google_cloud_default`` connection from an ``AIRFLOW_CONN_*`` variable, and
 ``PIPELINE_POD_RUNTIME=local`` with the ConfigMap the stage pods read their
-env from written as a Kubernetes manifest.
+env from written as a Kubernetes manifest. ``PIPELINE_POD_RUNTIME=image`` in the
+caller's environment (``PIPELINE_POD_RUNTIME=image make demo``) runs each stage
+pod inside the image ``make image`` built instead; there is no cluster here, so
+any other value still means ``local``.
 """
 
 from __future__ import annotations
@@ -202,7 +205,7 @@ def embedded_stack(
             "STORAGE_EMULATOR_HOST": emulator_host,
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "PIPELINE_BUCKET": BUCKET,
-            "PIPELINE_POD_RUNTIME": "local",
+            "PIPELINE_POD_RUNTIME": "image" if os.environ.get("PIPELINE_POD_RUNTIME") == "image" else "local",
             "PIPELINE_LOCAL_BIN_DIR": str(PIPELINE_BIN),
             "PIPELINE_LOCAL_CLUSTER_FILE": str(cluster_file),
             # The emulator needs no credentials: mount the Secret only when one is given.

@@ -11,7 +11,9 @@ pointed at its directory). The process starts with no environment but the
 pod's and the image's own ``ENV``, gets ``XCOM_RETURN_PATH`` pointing into
 its XCom volume, and its XCom JSON is returned as the sidecar would return it.
 
-The command is found in the stage package's venv (``PIPELINE_LOCAL_BIN_DIR``).
+The command is found in the stage package's venv (``PIPELINE_LOCAL_BIN_DIR``); with
+``PIPELINE_POD_RUNTIME=image`` it runs inside the built stage image instead
+(image_runtime.py), with the same env, volumes, deadline and memory limit.
 """
 
 from __future__ import annotations
@@ -184,29 +186,50 @@ def run_pod(pod: k8s.V1Pod, *, runtime: str, settings: PipelineSettings, log: lo
     container = main_container(pod)
     cluster = LocalCluster.from_file(settings.local_cluster_file)
     command = [*(container.command or []), *(container.args or [])]
-    with tempfile.TemporaryDirectory(prefix=f"pod-{pod.metadata.name}-") as pod_root:
+    with (
+        tempfile.TemporaryDirectory(prefix=f"pod-{pod.metadata.name}-") as pod_root,
+        contextlib.ExitStack() as image_session,
+    ):
         root = Path(pod_root)
         mounted = _materialise_volumes(pod, container, cluster, root)
         scratch = mounted.get("/tmp", root / "scratch")
         scratch.mkdir(parents=True, exist_ok=True)
         xcom_dir = root / "xcom"
         xcom_dir.mkdir()
-        env = {**IMAGE_ENV, **_resolve_env(pod, container, cluster)}
-        env = _point_into_volumes(env, mounted)
-        env.update(
-            {
-                "HOME": str(scratch),
-                "TMPDIR": str(scratch),
-                "MPLCONFIGDIR": str(scratch / "matplotlib"),
-                "XCOM_RETURN_PATH": str(xcom_dir / "return.json"),
-            }
-        )
-        path = os.pathsep.join(p for p in (settings.local_bin_dir, "/usr/local/bin", "/usr/bin", "/bin") if p)
-        env["PATH"] = path
-        executable = shutil.which(command[0], path=path)
-        if executable is None:
-            raise AirflowException(f"local runtime: {command[0]!r} is not on {path}; set PIPELINE_LOCAL_BIN_DIR")
-        argv = [executable, *command[1:]]
+        if runtime == "image":
+            # Inside the image its own ENV and the real mount paths apply: the
+            # stage gets the pod's env as resolved and every volume where the pod mounts it.
+            from privacy_pipeline_airflow import image_runtime
+
+            working = image_session.enter_context(image_runtime.working_container(settings, pod.metadata.name))
+            image_runtime.make_pod_writable(scratch, xcom_dir)
+            read_only = {mount.mount_path for mount in container.volume_mounts or [] if mount.read_only}
+            argv = image_runtime.image_command(
+                working,
+                command,
+                env=_resolve_env(pod, container, cluster),
+                mounts={**mounted, "/tmp": scratch, XCOM_MOUNT: xcom_dir},
+                read_only=read_only,
+            )
+            env = image_runtime.buildah_env()
+            log.info("Image runtime: %s in working container %s", image_runtime.image_name(settings), working)
+        else:
+            env = {**IMAGE_ENV, **_resolve_env(pod, container, cluster)}
+            env = _point_into_volumes(env, mounted)
+            env.update(
+                {
+                    "HOME": str(scratch),
+                    "TMPDIR": str(scratch),
+                    "MPLCONFIGDIR": str(scratch / "matplotlib"),
+                    "XCOM_RETURN_PATH": str(xcom_dir / "return.json"),
+                }
+            )
+            path = os.pathsep.join(p for p in (settings.local_bin_dir, "/usr/local/bin", "/usr/bin", "/bin") if p)
+            env["PATH"] = path
+            executable = shutil.which(command[0], path=path)
+            if executable is None:
+                raise AirflowException(f"local runtime: {command[0]!r} is not on {path}; set PIPELINE_LOCAL_BIN_DIR")
+            argv = [executable, *command[1:]]
         log.info("Running pod %s locally (%s runtime): %s", pod.metadata.name, runtime, " ".join(command))
         limits = (container.resources.limits or {}) if container.resources else {}
         memory_limit = int(parse_quantity(limits["memory"])) if "memory" in limits else None
