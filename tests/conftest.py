@@ -12,7 +12,10 @@ import os
 import shutil
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="airflow-home-")
@@ -37,3 +40,26 @@ def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "e2e: runs DAGs through `airflow dags test` on the embedded stack (minutes)")
     config.addinivalue_line("markers", "image: builds or runs the container image with buildah (slow)")
     config.addinivalue_line("markers", "system: against a running Airflow (api-server, scheduler, triggerer)")
+
+
+@pytest.fixture
+def cluster_file(tmp_path: Path) -> Path:
+    """The ConfigMap and Secret the stage pods' env comes from, as the local pod runtime reads them."""
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            apiVersion: v1
+            kind: ConfigMap
+            metadata: {name: privacy-pipeline-env}
+            data: {GOOGLE_CLOUD_PROJECT: demo-project, STORAGE_EMULATOR_HOST: "http://127.0.0.1:9023"}
+            ---
+            apiVersion: v1
+            kind: Secret
+            metadata: {name: privacy-pipeline-gcp}
+            stringData: {credentials.json: '{"type": "service_account"}'}
+            """
+        ),
+        encoding="utf-8",
+    )
+    return path

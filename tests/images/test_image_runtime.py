@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -79,28 +78,6 @@ def fake_buildah(tmp_path: Path, monkeypatch) -> Path:
     return bin_dir / "buildah.log"
 
 
-@pytest.fixture
-def cluster_file(tmp_path: Path) -> Path:
-    path = tmp_path / "cluster.yaml"
-    path.write_text(
-        textwrap.dedent(
-            """\
-            apiVersion: v1
-            kind: ConfigMap
-            metadata: {name: privacy-pipeline-env}
-            data: {GOOGLE_CLOUD_PROJECT: demo-project, STORAGE_EMULATOR_HOST: "http://127.0.0.1:9023"}
-            ---
-            apiVersion: v1
-            kind: Secret
-            metadata: {name: privacy-pipeline-gcp}
-            stringData: {credentials.json: '{"type": "external_account"}'}
-            """
-        ),
-        encoding="utf-8",
-    )
-    return path
-
-
 def _settings(cluster_file: Path, **overrides: str) -> PipelineSettings:
     return PipelineSettings(
         pod_runtime="image", local_cluster_file=str(cluster_file), image="privacy-intent-pipeline:0.1.0", **overrides
@@ -137,7 +114,7 @@ def test_runs_the_pods_command_in_the_image_as_uid_10001(fake_buildah, cluster_f
     volumes = xcom["volumes"]
     assert volumes["/tmp"][1] == volumes["/airflow/xcom"][1] == "rw"
     assert volumes["/var/run/secrets/gcp"][1] == "ro"
-    assert xcom["credentials"] == '{"type": "external_account"}'
+    assert xcom["credentials"] == '{"type": "service_account"}'
     # Like an emptyDir, scratch is writable by uid 10001 whoever created it.
     assert xcom["scratch_writable"] == "0o777"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -48,28 +47,6 @@ def fake_bin(tmp_path: Path) -> Path:
     cli.write_text(FAKE_STAGE_CLI, encoding="utf-8")
     cli.chmod(0o755)
     return bin_dir
-
-
-@pytest.fixture
-def cluster_file(tmp_path: Path) -> Path:
-    path = tmp_path / "cluster.yaml"
-    path.write_text(
-        textwrap.dedent(
-            """\
-            apiVersion: v1
-            kind: ConfigMap
-            metadata: {name: privacy-pipeline-env}
-            data: {GOOGLE_CLOUD_PROJECT: demo-project, STORAGE_EMULATOR_HOST: "http://127.0.0.1:9023"}
-            ---
-            apiVersion: v1
-            kind: Secret
-            metadata: {name: privacy-pipeline-gcp}
-            stringData: {credentials.json: '{"type": "service_account"}'}
-            """
-        ),
-        encoding="utf-8",
-    )
-    return path
 
 
 def _pod(settings: PipelineSettings, args: list[str], deadline: int = 60, memory: str | None = None) -> k8s.V1Pod:
