@@ -51,6 +51,11 @@ demo: setup
 demo-conversations: setup
 	$(AIRFLOW_BIN)/python -m embedded.demo_conversations
 
+## bench: speed and memory against baselines, side by side (~20 min on 2 cores); writes bench/results.{json,md} and README's table
+.PHONY: bench
+bench: setup
+	$(PIPELINE_BIN)/python -m bench.run
+
 ## airflow: start a local Airflow 3 (api-server + web UI, scheduler, dag-processor, triggerer) on 127.0.0.1:8080 with PostgreSQL; Ctrl-C stops it
 .PHONY: airflow
 airflow: setup postgres
