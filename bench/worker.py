@@ -60,6 +60,11 @@ def _split_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return frame[columns].to_numpy(dtype=np.float32), frame["label"].astype(str).to_numpy()
 
 
+def _train_and_holdout(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every baseline's input: our split stage's training split and its untouched holdout, as (X, y) pairs."""
+    return (*_split_table(Path(args.train)), *_split_table(Path(args.holdout)))
+
+
 def _macro_f1(model: Any, X: np.ndarray, y: np.ndarray) -> float:
     from sklearn.metrics import f1_score
 
@@ -123,8 +128,7 @@ def tutorial(args: argparse.Namespace) -> None:
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     seed = _config().seed
-    X, y = _split_table(Path(args.train))
-    X_holdout, y_holdout = _split_table(Path(args.holdout))
+    X, y, X_holdout, y_holdout = _train_and_holdout(args)
     started = time.perf_counter()
     scaler = StandardScaler().fit(X)
     X_all, y_all = SMOTE(random_state=seed).fit_resample(scaler.transform(X), y)
@@ -178,8 +182,7 @@ def expert_grid(args: argparse.Namespace) -> None:
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     config = _config()
-    X, y = _split_table(Path(args.train))
-    X_holdout, y_holdout = _split_table(Path(args.holdout))
+    X, y, X_holdout, y_holdout = _train_and_holdout(args)
     started = time.perf_counter()
     pipeline = Pipeline(
         [
@@ -213,8 +216,7 @@ def expert_lrcv(args: argparse.Namespace) -> None:
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     config = _config()
-    X, y = _split_table(Path(args.train))
-    X_holdout, y_holdout = _split_table(Path(args.holdout))
+    X, y, X_holdout, y_holdout = _train_and_holdout(args)
     started = time.perf_counter()
     model = make_pipeline(
         StandardScaler(),
