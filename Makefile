@@ -36,8 +36,8 @@ lint: setup
 
 ## test: lint, then the stage package's unit tests, then the Airflow-side tests (DAGs, pods, end to end, system, image)
 .PHONY: test
-# The system tier runs Airflow on PostgreSQL.
-test: lint postgres
+# The system tier runs Airflow on PostgreSQL; tests/images scans Dockerfiles, pods and manifests with checkov.
+test: lint postgres checkov
 	$(PIPELINE_BIN)/pytest -q images/pipeline/tests
 	PATH="$(CURDIR)/$(PIPELINE_BIN):$$PATH" $(AIRFLOW_BIN)/pytest -q tests
 
@@ -83,8 +83,6 @@ $(CHECKOV_VENV)/.installed: tests/images/requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet -r tests/images/requirements-checkov.txt
 	touch $@
 
-# The Dockerfile, pod and manifest scans in tests/images need checkov.
-test: checkov
 
 AUDIT_VENV := $(VENV)/audit
 
