@@ -116,10 +116,6 @@ with create_session() as session:
         run_id, state = result.stdout.strip().splitlines()[-1].rsplit(" ", 1)
         return run_id, state
 
-    def run_state(self, dag_id: str, run_id: str) -> str:
-        result = self.airflow("dags", "state", dag_id, run_id, check=False)
-        return (result.stdout.strip().splitlines() or ["unknown"])[-1]
-
     def pipeline(self, *args: str) -> subprocess.CompletedProcess:
         """Run the stage CLI against this stack's bucket (e.g. to write synthetic data)."""
         env = {**self.env, "HF_HUB_OFFLINE": "1"}

@@ -72,7 +72,6 @@ class TuneConfig(_Section):
     # Random search draws this many candidates; grid search ignores it.
     n_trials: int = Field(default=12, gt=0)
     cv_folds: int = Field(default=5, ge=2)
-    scoring: Literal["f1_macro"] = "f1_macro"
     c_grid: list[float] = Field(default_factory=lambda: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0])
     # Random search samples C log-uniformly between these.
     c_min: float = Field(default=1e-4, gt=0)

@@ -17,8 +17,6 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,18 +169,6 @@ def delete(uri: str) -> None:
             blob.delete()
         return
     _local_path(uri).unlink(missing_ok=True)
-
-
-@contextmanager
-def local_copy(uri: str) -> Iterator[Path]:
-    """A local file holding the object's bytes, for libraries that need a path."""
-    if not is_gcs(uri):
-        yield _local_path(uri)
-        return
-    with tempfile.TemporaryDirectory(prefix="privacy-pipeline-") as scratch:
-        path = Path(scratch) / Path(_split_gcs(uri)[1]).name
-        path.write_bytes(read_bytes(uri))
-        yield path
 
 
 def open_bytes(uri: str) -> io.BytesIO:
