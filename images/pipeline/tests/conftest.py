@@ -1,0 +1,47 @@
+"""Fixtures shared by the stage-package tests: a gs:// bucket on an emulator that enforces generation preconditions."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from privacy_pipeline import storage
+
+# The emulator extension lives in embedded/ (the local stack starts it too), not in the stage package,
+# which must not ship test servers; the repository root makes it importable here.
+REPO = Path(__file__).resolve().parents[3]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from embedded.gcs_emulator import create_server  # noqa: E402
+
+GCS_TEST_BUCKET = "test-bucket"
+
+
+@pytest.fixture()
+def gcs_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``gs://test-bucket`` on a fresh in-memory emulator on a free 127.0.0.1 port; the storage module points at it."""
+    server = create_server("127.0.0.1", 0, in_memory=True, default_bucket=GCS_TEST_BUCKET)
+    server.start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.port}")
+    storage._gcs_client.cache_clear()
+    try:
+        yield f"gs://{GCS_TEST_BUCKET}"
+    finally:
+        server.stop()
+        storage._gcs_client.cache_clear()
+
+
+@pytest.fixture(params=["local", "gcs"])
+def bucket_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test keeps its objects: a local directory, then ``gs://`` on the precondition-enforcing emulator.
+
+    Compare-and-swap has one implementation per scheme (an flock locally,
+    ``if_generation_match`` on GCS); tests of it take this fixture so both run.
+    """
+    if request.param == "gcs":
+        return str(request.getfixturevalue("gcs_bucket"))
+    return str(tmp_path / "bucket")
