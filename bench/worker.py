@@ -389,8 +389,11 @@ def vector_search(args: argparse.Namespace) -> None:
         build_seconds = time.perf_counter() - started
         # What readers get: the index as published, read back with the manifest's efSearch.
         published = Path(args.work) / "index.faiss"
-        storage.write_bytes(str(published), vector_store.index_bytes(built))
-        index = vector_store.read_index(str(published), ef_search=store.hnsw_ef_search)
+        published_data = vector_store.index_bytes(built)
+        storage.write_bytes(str(published), published_data)
+        index = vector_store.read_index(
+            str(published), vector_store.index_sha256(published_data), "bench", ef_search=store.hnsw_ef_search
+        )
         position = {int(i): row for row, i in enumerate(ids.tolist())}
         details = {"index_kind": kind, "hnsw_m": store.hnsw_m, "ef_construction": store.hnsw_ef_construction}
         details["ef_search"] = store.hnsw_ef_search

@@ -73,10 +73,12 @@ def _publish(store: str, version: str, rows: list[tuple[str, str, str, str]], pa
     config = load_config(None, [f"conversations.{k}={v}" for k, v in settings.items()])
     index, kind = vector_store.build_index(vectors, metadata["id"].to_numpy(), config.conversations)
     layout = vector_store.StoreLayout(store)
-    storage.write_bytes(layout.index(version), vector_store.index_bytes(index))
+    index_data = vector_store.index_bytes(index)
+    storage.write_bytes(layout.index(version), index_data)
     storage.write_bytes(layout.metadata(version), vector_store.metadata_bytes(metadata))
     hnsw = {"ef_search": config.conversations.hnsw_ef_search} if kind == "hnsw" else None
-    manifest = {"version": version, "parent_version": parent, "index_kind": kind, "hnsw": hnsw, **model_identity()}
+    manifest = {"version": version, "parent_version": parent, "index_kind": kind, "hnsw": hnsw, **model_identity(),
+                "index_sha256": vector_store.index_sha256(index_data)}  # fmt: skip
     storage.write_json(layout.manifest(version), manifest)
     storage.write_json(layout.latest, {"version": version})
 
@@ -123,6 +125,24 @@ def test_an_hnsw_version_is_searched_with_its_ef_search(tmp_path: Path) -> None:
     uri = str(tmp_path / "store")
     _publish(uri, "v1", CONVERSATIONS, flat_max_vectors=0, hnsw_ef_search=32)
     assert _search(uri, "request number 44", k=1).xcom["results"][0]["conversation_id"] == "conv-044"
+
+
+def test_an_index_changed_after_publishing_is_refused_before_faiss_reads_it(store: str) -> None:
+    # A well-formed index of other vectors: FAISS would load it and search would answer from it.
+    layout = vector_store.StoreLayout(store)
+    storage.write_bytes(layout.index("v2"), storage.read_bytes(layout.index("v1")))
+    with pytest.raises(StageError, match=r"v2/index.faiss has SHA-256 [0-9a-f]{64} but its manifest records"):
+        _search(store, "request number 44")
+    assert _search(store, "request number 4", version="v1").xcom["results"][0]["conversation_id"] == "conv-004"
+
+
+def test_an_index_whose_manifest_records_no_hash_is_refused(store: str) -> None:
+    layout = vector_store.StoreLayout(store)
+    manifest = storage.read_json(layout.manifest("v2"))
+    del manifest["index_sha256"]
+    storage.write_json(layout.manifest("v2"), manifest)
+    with pytest.raises(StageError, match="records no index_sha256"):
+        _search(store, "request number 44")
 
 
 def test_json_output_is_for_machines(store: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -102,8 +102,9 @@ def test_searches_return_the_stable_ids_and_survive_a_round_trip(tmp_path) -> No
     ids = metadata["id"].to_numpy()
     index, _ = vector_store.build_index(vectors, ids, ConversationsConfig(flat_max_vectors=0, hnsw_ef_search=16))
     uri = str(tmp_path / "index.faiss")
-    vector_store.storage.write_bytes(uri, vector_store.index_bytes(index))
-    reread = vector_store.read_index(uri, ef_search=16)
+    data = vector_store.index_bytes(index)
+    vector_store.storage.write_bytes(uri, data)
+    reread = vector_store.read_index(uri, vector_store.index_sha256(data), "test", ef_search=16)
     _, found = reread.search(vectors[:5], 1)
     assert found[:, 0].tolist() == ids[:5].tolist()
 

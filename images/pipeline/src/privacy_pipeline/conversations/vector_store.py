@@ -5,7 +5,8 @@ Layout under the store prefix (local path, ``file://`` or ``gs://``)::
     versions/<version>/index.faiss      IndexIDMap2 over Flat or HNSW, inner product on unit vectors
     versions/<version>/vectors.npy      the vectors, row-aligned with metadata (the next upsert rebuilds from them)
     versions/<version>/metadata.parquet id, conversation_id, day, intent, intent_probability, snippet, ...
-    versions/<version>/manifest.json    version, parent_version, counts, model, dimension, index kind, recall@10
+    versions/<version>/manifest.json    version, parent_version, counts, model, dimension, index kind, recall@10,
+                                        index_sha256 (checked before the index bytes reach FAISS)
     latest.json                         the pointer to the version readers use; moved by compare-and-swap, last
 
 A version is never modified after its pointer is published, and earlier
@@ -277,8 +278,28 @@ def index_bytes(index: Any) -> bytes:
     return faiss.serialize_index(index).tobytes()
 
 
-def read_index(uri: str, ef_search: int | None = None) -> Any:
-    index = faiss.deserialize_index(np.frombuffer(storage.read_bytes(uri), dtype=np.uint8))
+def index_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_index(uri: str, expected_sha256: str | None, stage: str, ef_search: int | None = None) -> Any:
+    """The index at ``uri``, once its bytes match the SHA-256 its manifest records.
+
+    ``faiss.deserialize_index`` is native code parsing bucket bytes: a changed
+    or truncated file must never reach it, so anything unverifiable is refused.
+    """
+    data = storage.read_bytes(uri)
+    if not expected_sha256:
+        raise StageError(
+            f"{stage}: the manifest of {uri} records no index_sha256, so the index cannot be verified; republish it"
+        )
+    actual = index_sha256(data)
+    if actual != expected_sha256:
+        raise StageError(
+            f"{stage}: {uri} has SHA-256 {actual} but its manifest records {expected_sha256}; "
+            "the index changed after it was published, refusing to load it"
+        )
+    index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     if ef_search is not None:
         set_ef_search(index, ef_search)
     return index

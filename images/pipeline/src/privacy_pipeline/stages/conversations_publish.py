@@ -119,6 +119,7 @@ def run(*, config: PipelineConfig, run_uri: str, store_uri: str) -> StageResult:
     created_at = datetime.now(UTC).replace(microsecond=0)
     version = version_name(run_uri, created_at)
     store = vector_store.StoreLayout(store_uri)
+    index_data = vector_store.index_bytes(index)
     manifest = {
         "version": version,
         "parent_version": candidate["parent_version"],
@@ -131,6 +132,8 @@ def run(*, config: PipelineConfig, run_uri: str, store_uri: str) -> StageResult:
         "dimension": candidate["dimension"],
         "metric": "inner_product_on_unit_vectors",
         "index_kind": kind,
+        # Readers refuse an index whose bytes differ from these (vector_store.read_index).
+        "index_sha256": vector_store.index_sha256(index_data),
         "hnsw": (
             {
                 "m": settings.hnsw_m,
@@ -148,7 +151,7 @@ def run(*, config: PipelineConfig, run_uri: str, store_uri: str) -> StageResult:
         "champion_version": candidate.get("champion_version"),
         "candidate_sha256": candidate["candidate_sha256"],
     }
-    storage.write_bytes(store.index(version), vector_store.index_bytes(index))
+    storage.write_bytes(store.index(version), index_data)
     storage.write_bytes(store.vectors(version), vectors_bytes)
     storage.write_bytes(store.metadata(version), metadata_bytes)
     storage.write_json(store.manifest(version), manifest)

@@ -118,7 +118,9 @@ def run(
             f"{identity['sentence_model_version']}; search with the image that built it"
         )
     hnsw = manifest.get("hnsw") or {}
-    index = vector_store.read_index(store.index(version), ef_search=hnsw.get("ef_search"))
+    index = vector_store.read_index(
+        store.index(version), manifest.get("index_sha256"), STAGE, ef_search=hnsw.get("ef_search")
+    )
     metadata = vector_store.read_metadata(store.metadata(version))
     encoder = encoder or default_encoder(config)
     query_vector = vector_store.normalize(encoder.encode([query]))
