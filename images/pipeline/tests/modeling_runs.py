@@ -1,7 +1,7 @@
 """Small featurized runs for the modelling stages' tests: clustered rows, a feature spec, commit markers.
 
-Not a test module: test_split, test_tune, test_select, test_train and
-test_evaluate import it so each builds its data the same, small way.
+Not a test module: test_split, test_tune, test_select, test_train,
+test_evaluate and test_model_io import it so each builds its data the same, small way.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from privacy_pipeline import modeling, storage
 from privacy_pipeline.config import INTENTS, PipelineConfig
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.stage_result import StageResult
+from privacy_pipeline.stages import split
 
 EMBEDDING_DIMS = 12
 # The privacy intents together ~1:3 here (production: ~1:9), so every class
@@ -82,3 +83,18 @@ def commit(result: StageResult) -> StageResult:
     if result.commit_uri:
         storage.write_json(result.commit_uri, result.payload())
     return result
+
+
+BEST_PARAMS = {"clf__C": 1.0, "clf__l1_ratio": 0.0}
+
+
+def selected_run(
+    root: Path, name: str, frame: pd.DataFrame, spec: dict[str, Any], config: PipelineConfig, params: Any = None
+) -> str:
+    """A run through split, with select's best.json and commit marker written as select would."""
+    run_uri = featurized_run(root, frame, spec, name=name)
+    commit(split.run(config=config, run_uri=run_uri))
+    layout = RunLayout(run_uri)
+    storage.write_json(layout.best_candidate, {"candidate_id": "c0006", "params": params or BEST_PARAMS})
+    storage.write_json(layout.result("select"), {"stage": "select", "best_candidate_id": "c0006"})
+    return run_uri

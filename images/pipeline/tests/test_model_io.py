@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
-from modeling_runs import clustered_features, small_config
+from modeling_runs import clustered_features, selected_run, small_config
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.preprocessing import FunctionTransformer
 
 from privacy_pipeline import model_io, modeling, storage
 from privacy_pipeline.errors import StageError
+from privacy_pipeline.run_layout import RunLayout
+from privacy_pipeline.stages import train
 
 
 class Unlisted(TransformerMixin, BaseEstimator):
@@ -31,7 +33,8 @@ class Unlisted(TransformerMixin, BaseEstimator):
 @pytest.fixture(scope="module")
 def fitted() -> tuple[object, pd.DataFrame]:
     frame, spec = clustered_features(n_rows=200, seed=5)
-    pipeline = modeling.build_pipeline(spec, {"clf__C": 1.0, "clf__l1_ratio": 0.0}, small_config())
+    # Without SMOTE, as train saves a model.
+    pipeline = modeling.build_pipeline(spec, {"clf__C": 1.0, "clf__l1_ratio": 0.0}, small_config(), resample=False)
     inputs = modeling.model_inputs(frame, spec, "train.parquet", "test")
     return pipeline.fit(inputs, frame["label"]), inputs
 
@@ -45,9 +48,32 @@ def test_a_saved_model_loads_and_predicts_the_same(fitted, tmp_path: Path) -> No
     np.testing.assert_allclose(loaded.predict_proba(inputs), pipeline.predict_proba(inputs))
 
 
-def test_every_type_our_pipelines_hold_beyond_skops_defaults_is_listed(fitted) -> None:
-    pipeline, _ = fitted
-    assert set(sio.get_untrusted_types(data=model_io.dumps(pipeline))) <= set(model_io.TRUSTED_TYPES)
+@pytest.fixture(scope="module")
+def trained_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The model file train saves, in each feature mode, SMOTE on (the default)."""
+    frame, embedded_spec = clustered_features(n_rows=300, seed=4, dims=4)
+    # Distinct texts (split keeps copies of a text together), each starting with its label's words.
+    words = np.array(["delete", "my", "data", "please", "opt", "out", "weather", "pizza", "order", "hello"])
+    rng = np.random.default_rng(4)
+    frame["text"] = [f"{label.replace('_', ' ')} {' '.join(rng.choice(words, size=8))}" for label in frame["label"]]
+    text_spec = embedded_spec | {"mode": "text", "text_column": "text"}
+    config = small_config(featurize={"tfidf_svd_dim": 4})
+    root = tmp_path_factory.mktemp("trained")
+    models = {}
+    for mode, spec in (("embedded", embedded_spec), ("text", text_spec)):
+        run_uri = selected_run(root, mode, frame, spec, config)
+        train.run(config=config, run_uri=run_uri)
+        models[mode] = storage.read_bytes(RunLayout(run_uri).model)
+    return models
+
+
+def test_the_trusted_types_are_exactly_what_saved_models_hold(trained_models: dict[str, bytes]) -> None:
+    # Both directions: a class the models gain is refused until listed, and one they lose must leave the list.
+    held = {mode: set(sio.get_untrusted_types(data=data)) for mode, data in trained_models.items()}
+    assert held["embedded"] | held["text"] == set(model_io.TRUSTED_TYPES)
+    assert len(model_io.TRUSTED_TYPES) == len(set(model_io.TRUSTED_TYPES))
+    for mode, data in trained_models.items():
+        assert model_io.loads(data, source=f"{mode}/train/model.skops").named_steps["smote"] == "passthrough"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("privacy_pipeline.tfidf_svd") is None, reason="tfidf_svd not there yet")
@@ -79,6 +105,7 @@ def test_a_pipeline_with_an_unlisted_class_is_refused(fitted) -> None:
         {"mode": "embedded", "text_column": None, "embedding_columns": ["emb_000"], "handcrafted_columns": []},
         {},
         small_config(),
+        resample=False,
     )
     tampered.steps.insert(1, ("extra", Unlisted()))
     with pytest.raises(StageError, match=r"contains untrusted types \['test_model_io.Unlisted'\]"):

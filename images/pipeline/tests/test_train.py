@@ -7,27 +7,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from modeling_runs import clustered_features, commit, featurized_run, small_config
+from modeling_runs import clustered_features, commit, featurized_run, selected_run, small_config
 
 from privacy_pipeline import model_io, modeling, storage
-from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.errors import StageError
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.stages import split, train
-
-BEST_PARAMS = {"clf__C": 1.0, "clf__l1_ratio": 0.0}
-
-
-def selected_run(
-    root: Path, name: str, frame: pd.DataFrame, spec: dict[str, Any], config: PipelineConfig, params: Any = None
-) -> str:
-    """A run through split, with select's best.json and commit marker written as select would."""
-    run_uri = featurized_run(root, frame, spec, name=name)
-    commit(split.run(config=config, run_uri=run_uri))
-    layout = RunLayout(run_uri)
-    storage.write_json(layout.best_candidate, {"candidate_id": "c0006", "params": params or BEST_PARAMS})
-    storage.write_json(layout.result("select"), {"stage": "select", "best_candidate_id": "c0006"})
-    return run_uri
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,11 @@
 
 A pickle runs whatever its bytes say when loaded; a skops file only rebuilds
 types it is told to trust. skops itself trusts scikit-learn's estimators,
-numpy and builtins; ``TRUSTED_TYPES`` adds exactly the other classes our
-pipelines contain. A file with any type outside both (a tampered model that
-smuggles in ``os.system``, say) is refused before anything in it is built.
+numpy and builtins; ``TRUSTED_TYPES`` adds exactly the other classes a model
+saved by ``train`` holds, no more (tests/test_model_io.py trains one of each
+mode and checks that skops reports this very list). A file with any type
+outside both (a tampered model that smuggles in ``os.system``, say) is
+refused before anything in it is built.
 """
 
 from __future__ import annotations
@@ -21,20 +23,10 @@ from privacy_pipeline.tfidf_svd import SKOPS_TRUSTED_TYPES as TFIDF_SVD_TYPES
 log = logging.getLogger(__name__)
 
 TRUSTED_TYPES: tuple[str, ...] = (
+    # Every model: train saves the imblearn pipeline with its SMOTE step set to
+    # "passthrough", so no fitted neighbour search (KDTree and friends) is in it.
     "imblearn.pipeline.Pipeline",
-    "imblearn.over_sampling._smote.base.SMOTE",
-    # SMOTE's fitted neighbour search: scikit-learn picks a KD-tree for up to
-    # 15 feature columns (brute force, with nothing extra, beyond that).
-    "sklearn.neighbors._kd_tree.KDTree",
-    "sklearn.metrics._dist_metrics.EuclideanDistance64",
-    # Trusted by skops already; listed so this tuple names every class a pipeline holds.
-    "sklearn.compose._column_transformer.ColumnTransformer",
-    "sklearn.preprocessing._data.StandardScaler",
-    "sklearn.linear_model._logistic.LogisticRegression",
-    "sklearn.pipeline.Pipeline",
-    "sklearn.feature_extraction.text.TfidfVectorizer",
-    "sklearn.decomposition._truncated_svd.TruncatedSVD",
-    # The text-mode featurizer's own classes.
+    # Text-mode models: the featurizer's own classes.
     *TFIDF_SVD_TYPES,
 )
 
