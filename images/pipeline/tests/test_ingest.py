@@ -5,8 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -324,29 +322,7 @@ def test_the_cli_reports_bad_input_as_one_line_and_exit_code_2(tmp_path: Path, m
     assert_nothing_written(tmp_path / "run")
 
 
-# --- gs:// through a local emulator ---------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture()
-def gcs_bucket(monkeypatch) -> Iterator[str]:
-    from gcp_storage_emulator.server import create_server
-
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket="test-bucket")
-    server.start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    storage._gcs_client.cache_clear()
-    try:
-        yield "gs://test-bucket"
-    finally:
-        server.stop()
-        storage._gcs_client.cache_clear()
+# --- gs:// through a local emulator (conftest.py's gcs_bucket) ------------------
 
 
 def test_gcs_parts_are_ingested_with_their_generations(gcs_bucket: str, config) -> None:
