@@ -167,9 +167,13 @@ def embedded_stack(
     gcs_dir.mkdir(exist_ok=True)
     port = free_port()
     emulator_host = f"http://127.0.0.1:{port}"
+    # gcp-storage-emulator extended to enforce generation preconditions, so
+    # compare-and-swap on gs:// behaves here as on GCS (see gcs_emulator.py).
     command = [
-        str(AIRFLOW_BIN / "gcp-storage-emulator"),
-        "start",
+        str(AIRFLOW_BIN / "python"),
+        str(REPO / "embedded" / "gcs_emulator.py"),
+        "--data-dir",
+        str(gcs_dir.resolve()),
         "--host",
         "127.0.0.1",
         "--port",
