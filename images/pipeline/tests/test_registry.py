@@ -1,10 +1,14 @@
-"""The registry's building blocks: layout, versions, the by-run index, the champion pointer and its CAS loop."""
+"""The registry's building blocks: layout, versions, the by-run index, the champion pointer and its CAS loop.
+
+Every test that stores something runs twice (conftest's ``bucket_root``): on a
+local directory and on ``gs://`` against an emulator that enforces generation
+preconditions, so both compare-and-swap implementations are held to the same cases.
+"""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
@@ -62,8 +66,8 @@ def test_a_trailing_slash_does_not_make_another_run() -> None:
 # --- the by-run index ----------------------------------------------------------------------------------------
 
 
-def test_a_new_run_claims_a_version_and_a_rerun_gets_the_same_one(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_a_new_run_claims_a_version_and_a_rerun_gets_the_same_one(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     first = registry.claim_registration(registry_uri, RUN, NOW)
     again = registry.claim_registration(registry_uri, RUN, NOW + timedelta(hours=3))
     assert again == first
@@ -71,20 +75,20 @@ def test_a_new_run_claims_a_version_and_a_rerun_gets_the_same_one(tmp_path: Path
     assert len(storage.list_uris(RegistryLayout(registry_uri).path("by-run"))) == 1
 
 
-def test_a_different_run_claims_a_different_version(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_a_different_run_claims_a_different_version(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     first = registry.claim_registration(registry_uri, RUN, NOW)
     other = registry.claim_registration(registry_uri, RUN + "other", NOW)
     assert other["version"] != first["version"]
     assert registry.find_registration(registry_uri, RUN + "other") == other
 
 
-def test_an_unregistered_run_has_no_registration(tmp_path: Path) -> None:
-    assert registry.find_registration(str(tmp_path / "registry"), RUN) is None
+def test_an_unregistered_run_has_no_registration(bucket_root: str) -> None:
+    assert registry.find_registration(storage.join(bucket_root, "registry"), RUN) is None
 
 
-def test_an_index_entry_of_another_run_is_refused(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_an_index_entry_of_another_run_is_refused(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     storage.write_json(
         RegistryLayout(registry_uri).by_run(RUN), {"run_uri": "/elsewhere", "version": "v", "registered_at": "t"}
     )
@@ -95,15 +99,15 @@ def test_an_index_entry_of_another_run_is_refused(tmp_path: Path) -> None:
 # --- the champion pointer ------------------------------------------------------------------------------------
 
 
-def test_an_empty_registry_has_no_champion(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_an_empty_registry_has_no_champion(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     assert registry.read_champion(registry_uri) == registry.ChampionSnapshot(pointer=None, generation=0)
     assert registry.champion(registry_uri) is None
     assert registry.champion_model_uri(registry_uri) is None
 
 
-def test_the_champion_and_its_model_uri_are_read_back(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_the_champion_and_its_model_uri_are_read_back(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     _set_champion(registry_uri, _pointer("v1"))
     snapshot = registry.read_champion(registry_uri)
     assert snapshot.pointer == _pointer("v1")
@@ -111,15 +115,15 @@ def test_the_champion_and_its_model_uri_are_read_back(tmp_path: Path) -> None:
     assert registry.champion_model_uri(registry_uri) == "/registry/models/v1/model.skops"
 
 
-def test_a_champion_file_that_is_not_a_pointer_is_refused(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_a_champion_file_that_is_not_a_pointer_is_refused(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     storage.write_json(RegistryLayout(registry_uri).champion, {"f1_macro": 0.9})
     with pytest.raises(StageError, match="champion.json is not a champion pointer"):
         registry.champion(registry_uri)
 
 
-def test_list_runs_returns_every_record_oldest_first(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_list_runs_returns_every_record_oldest_first(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     layout = RegistryLayout(registry_uri)
     for version in ["20261123T030000Z-bbbbbbbb", "20261123T020000Z-aaaaaaaa", "20261124T010000Z-cccccccc"]:
         storage.write_json(layout.run_record(version), {"version": version, "promoted": False})
@@ -128,11 +132,11 @@ def test_list_runs_returns_every_record_oldest_first(tmp_path: Path) -> None:
         "20261123T030000Z-bbbbbbbb",
         "20261124T010000Z-cccccccc",
     ]
-    assert registry.list_runs(str(tmp_path / "empty")) == []
+    assert registry.list_runs(storage.join(bucket_root, "empty")) == []
 
 
-def test_a_run_record_without_version_is_refused(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_a_run_record_without_version_is_refused(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     storage.write_json(RegistryLayout(registry_uri).run_record("v1"), {"promoted": True})
     with pytest.raises(StageError, match="v1.json is not a run record"):
         registry.list_runs(registry_uri)
@@ -141,23 +145,23 @@ def test_a_run_record_without_version_is_refused(tmp_path: Path) -> None:
 # --- the CAS loop --------------------------------------------------------------------------------------------
 
 
-def test_cas_update_moves_the_pointer_to_the_decision(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_cas_update_moves_the_pointer_to_the_decision(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     after = registry.cas_update_champion(registry_uri, lambda current: _pointer("v1"))
     assert after == _pointer("v1")
     assert registry.champion(registry_uri) == _pointer("v1")
 
 
-def test_cas_update_keeps_the_champion_when_the_decision_is_none(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_cas_update_keeps_the_champion_when_the_decision_is_none(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     _set_champion(registry_uri, _pointer("v1"))
     before = storage.read_bytes(RegistryLayout(registry_uri).champion)
     assert registry.cas_update_champion(registry_uri, lambda current: None) == _pointer("v1")
     assert storage.read_bytes(RegistryLayout(registry_uri).champion) == before
 
 
-def test_cas_update_re_decides_against_the_champion_that_won_the_race(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_cas_update_re_decides_against_the_champion_that_won_the_race(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     _set_champion(registry_uri, _pointer("v1", f1=0.70))
     seen: list[str] = []
 
@@ -178,8 +182,8 @@ def test_cas_update_re_decides_against_the_champion_that_won_the_race(tmp_path: 
     assert registry.champion(registry_uri)["version"] == "v2"
 
 
-def test_a_keep_decision_is_re_made_when_the_champion_moved_meanwhile(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_a_keep_decision_is_re_made_when_the_champion_moved_meanwhile(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     _set_champion(registry_uri, _pointer("v1", f1=0.95))
     seen: list[str] = []
 
@@ -196,8 +200,8 @@ def test_a_keep_decision_is_re_made_when_the_champion_moved_meanwhile(tmp_path: 
     assert registry.champion(registry_uri)["previous_version"] == "v2"
 
 
-def test_cas_update_gives_up_after_the_bounded_attempts(tmp_path: Path) -> None:
-    registry_uri = str(tmp_path / "registry")
+def test_cas_update_gives_up_after_the_bounded_attempts(bucket_root: str) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     _set_champion(registry_uri, _pointer("v0"))
     calls = 0
 
@@ -216,23 +220,23 @@ def test_cas_update_gives_up_after_the_bounded_attempts(tmp_path: Path) -> None:
 # --- storage.compare_and_swap, directly ----------------------------------------------------------------------
 
 
-def test_compare_and_swap_creates_with_generation_zero_and_returns_the_new_generation(tmp_path: Path) -> None:
-    uri = str(tmp_path / "pointer.json")
+def test_compare_and_swap_creates_with_generation_zero_and_returns_the_new_generation(bucket_root: str) -> None:
+    uri = storage.join(bucket_root, "pointer.json")
     generation = storage.compare_and_swap(uri, b"one", 0)
     assert storage.read_bytes(uri) == b"one"
     assert generation == storage.stat(uri).generation > 0
 
 
-def test_compare_and_swap_with_the_current_generation_replaces(tmp_path: Path) -> None:
-    uri = str(tmp_path / "pointer.json")
+def test_compare_and_swap_with_the_current_generation_replaces(bucket_root: str) -> None:
+    uri = storage.join(bucket_root, "pointer.json")
     first = storage.compare_and_swap(uri, b"one", 0)
     second = storage.compare_and_swap(uri, b"two", first)
     assert storage.read_bytes(uri) == b"two"
     assert second != first
 
 
-def test_compare_and_swap_with_a_stale_generation_raises_and_keeps_the_object(tmp_path: Path) -> None:
-    uri = str(tmp_path / "pointer.json")
+def test_compare_and_swap_with_a_stale_generation_raises_and_keeps_the_object(bucket_root: str) -> None:
+    uri = storage.join(bucket_root, "pointer.json")
     stale = storage.compare_and_swap(uri, b"one", 0)
     storage.compare_and_swap(uri, b"two", stale)
     with pytest.raises(storage.GenerationMismatch):
@@ -240,16 +244,16 @@ def test_compare_and_swap_with_a_stale_generation_raises_and_keeps_the_object(tm
     assert storage.read_bytes(uri) == b"two"
 
 
-def test_compare_and_swap_expecting_absence_raises_when_the_object_exists(tmp_path: Path) -> None:
-    uri = str(tmp_path / "pointer.json")
+def test_compare_and_swap_expecting_absence_raises_when_the_object_exists(bucket_root: str) -> None:
+    uri = storage.join(bucket_root, "pointer.json")
     storage.write_bytes(uri, b"already here")
     with pytest.raises(storage.GenerationMismatch):
         storage.compare_and_swap(uri, b"mine", 0)
     assert storage.read_bytes(uri) == b"already here"
 
 
-def test_compare_and_swap_expecting_an_object_raises_when_it_is_absent(tmp_path: Path) -> None:
-    uri = str(tmp_path / "pointer.json")
+def test_compare_and_swap_expecting_an_object_raises_when_it_is_absent(bucket_root: str) -> None:
+    uri = storage.join(bucket_root, "pointer.json")
     with pytest.raises(storage.GenerationMismatch):
         storage.compare_and_swap(uri, b"mine", 12345)
     assert not storage.exists(uri)
