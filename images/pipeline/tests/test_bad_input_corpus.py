@@ -1,8 +1,10 @@
 """The bad-input corpus: every case ends in a clear one-line error or a reported quarantine, never a traceback,
-and every object that was in the bucket before is byte-identical afterwards.
+and a stage that fails leaves every object in the bucket byte-identical, its own earlier outputs included.
 
 Each case builds its input from a small valid dataset, runs the stage CLI as a pod would
-(``privacy_pipeline.cli.main``), and checks exit code, stderr and the bucket.
+(``privacy_pipeline.cli.main``), and checks exit code, stderr and the bucket. The case's run
+already holds a good earlier run's outputs (a retry of the same run on new data), so the
+objects a failing stage would write are there to be overwritten, and must not be.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +164,50 @@ def _run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
     return code, capsys.readouterr().err
 
 
+# What each failing stage would write, by the folder it writes into: a good run must leave all of these.
+TRAINING_OUTPUTS = {
+    "ingest": {"snapshot.parquet", "manifest.json", "_result.json"},
+    "validate": {"validated.parquet", "quarantine.parquet", "report.json", "_result.json"},
+}
+CONVERSATION_OUTPUTS = {
+    "conversations/validate": {"conversations.parquet", "quarantine.parquet", "report.json", "_result.json"}
+}
+
+
+@pytest.fixture(scope="module")
+def good_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One good training run (ingest, validate) and one good conversations-validate, on valid input."""
+    root = tmp_path_factory.mktemp("good")
+    training_source = root / "raw" / "training" / "part-0000.parquet"
+    conversations_source = root / "raw" / "conversations" / "ds=2026-11-20" / "part-0000.jsonl"
+    for path, content in ((training_source, _parquet(_valid_text_frame())), (conversations_source, _jsonl())):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(content)
+    training, conversations = root / "training", root / "conversations"
+    runs = [
+        ["ingest", "--source", str(training_source.parent), "--run", str(training)],
+        ["validate", "--run", str(training)],
+        ["conversations-validate", "--source", str(conversations_source.parent), "--run", str(conversations),
+         "--day", "2026-11-20"],
+    ]  # fmt: skip
+    for args in runs:
+        assert cli.main(args) == 0, args
+    for run, outputs in ((training, TRAINING_OUTPUTS), (conversations, CONVERSATION_OUTPUTS)):
+        for folder, names in outputs.items():
+            assert {p.name for p in (run / folder).iterdir()} >= names, f"the good run left no {folder} outputs"
+    return {"training": training, "conversations": conversations}
+
+
+def _assert_unchanged_but_for(before: dict[str, bytes], after: dict[str, bytes], rewritten: list[str]) -> None:
+    """Every object in ``before`` is byte-identical in ``after``, except under the ``rewritten`` prefixes.
+
+    Those are the folders of stages that completed in this run: they replace their own outputs.
+    """
+    kept = {name: data for name, data in before.items() if not name.startswith(tuple(rewritten))}
+    changed = sorted(name for name, data in kept.items() if after.get(name) != data)
+    assert not changed, f"a failed stage changed or removed existing objects: {changed}"
+
+
 def _assert_clean_failure(code: int, err: str, pattern: str) -> None:
     assert code != 0
     assert "Traceback" not in err
@@ -170,25 +217,32 @@ def _assert_clean_failure(code: int, err: str, pattern: str) -> None:
 
 
 @pytest.mark.parametrize("case", TRAINING_CASES, ids=[c.name for c in TRAINING_CASES])
-def test_training_bad_input(case: Case, bucket: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_training_bad_input(
+    case: Case, bucket: Path, good_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     source = bucket / "raw" / "privacy_intent" / "ds=2026-11-20" / case.file_name
     source.parent.mkdir(parents=True)
     source.write_bytes(case.content())
+    run = bucket / "runs" / case.name
+    shutil.copytree(good_runs["training"], run)
     before = _snapshot(bucket)
-    run = str(bucket / "runs" / case.name)
 
-    code, err = _run_cli(["ingest", "--source", str(source.parent), "--run", run], capsys)
-    if code == 0:
-        code, err = _run_cli(["validate", "--run", run], capsys)
+    completed = []
+    for stage, args in (
+        ("ingest", ["ingest", "--source", str(source.parent), "--run", str(run)]),
+        ("validate", ["validate", "--run", str(run)]),
+    ):
+        code, err = _run_cli(args, capsys)
+        if code != 0:
+            break
+        completed.append(f"runs/{case.name}/{stage}/")
 
-    after = _snapshot(bucket)
-    assert {k: v for k, v in after.items() if k in before} == before, "an existing object changed"
+    _assert_unchanged_but_for(before, _snapshot(bucket), completed)
     if case.outcome == "error":
         _assert_clean_failure(code, err, case.expect)
-        assert not (Path(run) / "validate" / "_result.json").exists()
         return
     assert code == 0, err
-    report = json.loads((Path(run) / "validate" / "report.json").read_text())
+    report = json.loads((run / "validate" / "report.json").read_text())
     if case.outcome == "quarantine":
         assert report["reasons"].get(case.expect, 0) >= 1, report["reasons"]
         assert report["rows_quarantined"] >= 1
@@ -197,24 +251,28 @@ def test_training_bad_input(case: Case, bucket: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize("case", CONVERSATION_CASES, ids=[c.name for c in CONVERSATION_CASES])
-def test_conversation_bad_input(case: Case, bucket: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_conversation_bad_input(
+    case: Case, bucket: Path, good_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     source = bucket / "raw" / "conversations" / "ds=2026-11-20" / case.file_name
     source.parent.mkdir(parents=True)
     source.write_bytes(case.content())
+    run = bucket / "runs" / case.name
+    shutil.copytree(good_runs["conversations"], run)
     before = _snapshot(bucket)
-    run = str(bucket / "runs" / case.name)
 
     code, err = _run_cli(
-        ["conversations-validate", "--source", str(source.parent), "--run", run, "--day", "2026-11-20"], capsys
+        ["conversations-validate", "--source", str(source.parent), "--run", str(run), "--day", "2026-11-20"], capsys
     )
 
-    after = _snapshot(bucket)
-    assert {k: v for k, v in after.items() if k in before} == before, "an existing object changed"
+    _assert_unchanged_but_for(
+        before, _snapshot(bucket), [f"runs/{case.name}/conversations/validate/"] if code == 0 else []
+    )
     assert "Traceback" not in err
     if case.outcome == "error":
         _assert_clean_failure(code, err, case.expect)
         return
     assert code == 0, err
     # Quarantined: the report names the line.
-    reports = list(Path(run).rglob("report.json"))
+    reports = list(run.rglob("report.json"))
     assert reports and any(re.search(case.expect, p.read_text()) for p in reports), "the report names no bad line"
