@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -486,9 +487,12 @@ def _concurrent_runs(tmp_path: Path, models: list[bytes]) -> list[Run]:
     return [_write_run(tmp_path, f"concurrent-{i}", models[i]) for i in order]
 
 
+# The registry of these two lives on a local path, then on gs:// (conftest's bucket_root): each scheme has
+# its own compare-and-swap, and on gs:// a write that ignored if_generation_match would lose a run here.
 def test_five_concurrent_threads_lose_no_record_and_the_best_is_champion(
-    tmp_path: Path, registry_uri: str, models
+    tmp_path: Path, bucket_root: str, models
 ) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
     runs = _concurrent_runs(tmp_path, models)
     config = _config(promotion_margin=0.0)
     with ThreadPoolExecutor(max_workers=len(runs)) as pool:
@@ -498,14 +502,20 @@ def test_five_concurrent_threads_lose_no_record_and_the_best_is_champion(
     _assert_one_champion_the_best(registry_uri, runs, xcoms)
 
 
-def _register_in_subprocess(run_uri: str, registry_uri: str, start: Any) -> dict:
+def _register_in_subprocess(run_uri: str, registry_uri: str, start: Any, emulator_host: str | None) -> dict:
+    if emulator_host is not None:
+        # The fork server may predate this test's emulator, so its environment is not ours.
+        os.environ["STORAGE_EMULATOR_HOST"] = emulator_host
+        storage._gcs_client.cache_clear()
     start.wait()  # all five start deciding together, not one after another as they finish importing
     return register.run(config=_config(promotion_margin=0.0), run_uri=run_uri, registry_uri=registry_uri).xcom
 
 
 def test_five_concurrent_processes_lose_no_record_and_the_best_is_champion(
-    tmp_path: Path, registry_uri: str, models
+    tmp_path: Path, bucket_root: str, models
 ) -> None:
+    registry_uri = storage.join(bucket_root, "registry")
+    emulator_host = os.environ["STORAGE_EMULATOR_HOST"] if storage.is_gcs(registry_uri) else None
     runs = _concurrent_runs(tmp_path, models)
     # Separate processes, as separate pods would be. Forking pytest itself is
     # unsafe (BLAS/OpenMP threads), and spawning imports scikit-learn five
@@ -515,6 +525,8 @@ def test_five_concurrent_processes_lose_no_record_and_the_best_is_champion(
     with context.Manager() as manager:
         start = manager.Barrier(len(runs))
         with context.Pool(processes=len(runs)) as pool:
-            pending = [pool.apply_async(_register_in_subprocess, (run.uri, registry_uri, start)) for run in runs]
+            pending = [
+                pool.apply_async(_register_in_subprocess, (run.uri, registry_uri, start, emulator_host)) for run in runs
+            ]
             xcoms = [result.get(timeout=120) for result in pending]
     _assert_one_champion_the_best(registry_uri, runs, xcoms)
