@@ -191,9 +191,9 @@ def compare_and_swap(uri: str, data: bytes, expected_generation: int) -> int:
 
         blob = _blob(uri)
         try:
-            # NOTE: gcp-storage-emulator ignores if_generation_match, so on the
-            # emulator this is a plain overwrite; the local branch below is the
-            # one the concurrency tests exercise.
+            # GCS refuses the write with 412 unless the live generation is
+            # still the expected one (0: no live object); the tests run this
+            # branch against embedded/gcs_emulator.py, which enforces the same.
             blob.upload_from_string(data, content_type="application/json", if_generation_match=expected_generation)
         except PreconditionFailed as exc:
             raise GenerationMismatch(uri) from exc
