@@ -6,9 +6,12 @@ training, the holdout and inference featurize identically. Each column is
 empty string gives a row of finite values.
 
 All keyword lists live here as named constants. Patterns are compiled once,
-case-insensitive, anchored on word boundaries, and written so that no pattern
-can backtrack quadratically on a long input (a 1 MB message must not stall a
-pod).
+case-insensitive, anchored on word boundaries, and written so that every scan
+is linear in the text: each starts only where a match can begin (a lookbehind)
+and gives nothing back once a run is taken (possessive), so a 1 MB message, or
+a hostile one, cannot stall a pod. The email, phone and card cues are the
+redactor's own detectors (conversations/redaction.py), so "has a phone number"
+means the same thing here as in what gets redacted.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
+
+from privacy_pipeline.conversations.redaction import redact
 
 FEATURE_PREFIX = "hc_"
 
@@ -265,7 +270,9 @@ def _phrase_pattern(phrases: Iterable[str]) -> re.Pattern[str]:
 
 
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
-_SENTENCE_END = re.compile(r"[.!?]+(?:\s|$)")
+# A run of end marks counts once, from its first mark: starting inside the run
+# would rescan it from every position (quadratic on "!!!!...x").
+_SENTENCE_END = re.compile(r"(?<![.!?])[.!?]++(?:\s|$)")
 _TERMINAL_PUNCTUATION = re.compile(r"[.!?]$")
 _PUNCTUATION = re.compile(r"[^\w\s]")
 _UPPERCASE = re.compile(r"[A-Z]")
@@ -275,23 +282,14 @@ _QUESTION_MARK = re.compile(r"\?")
 _EXCLAMATION = re.compile("!")
 _NEGATION = re.compile(rf"{_phrase_pattern(NEGATIONS).pattern}|n't(?![\w'])", re.IGNORECASE)
 _OPENING = re.compile(
-    rf"^[\s\W]*(?:(?:{'|'.join(POLITE_OPENERS)})\b|(?:{'|'.join(IMPERATIVE_VERBS)})\b)",
+    rf"^\W*+(?:(?:{'|'.join(POLITE_OPENERS)})\b|(?:{'|'.join(IMPERATIVE_VERBS)})\b)",
     re.IGNORECASE,
 )
-_QUESTION_OPENING = re.compile(rf"^[\s\W]*(?:{'|'.join(QUESTION_WORDS)})\b", re.IGNORECASE)
+_QUESTION_OPENING = re.compile(rf"^\W*+(?:{'|'.join(QUESTION_WORDS)})\b", re.IGNORECASE)
 _QUESTION_WORD = _phrase_pattern(
     w for w in QUESTION_WORDS if w in {"how", "what", "why", "when", "where", "who", "which"}
 )
 
-# PII. Each pattern starts on a cheap, fixed anchor (the "@", a digit not
-# preceded by a digit) so a scan stays linear on long inputs.
-_EMAIL = re.compile(r"[\w.%+-]@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-# North American 3-3-4 with optional country code, or a UK-style 5-6 grouping.
-_PHONE = re.compile(
-    r"(?<![\d-])(?:(?:\+\d{1,3}[\s.-]?)?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]?\d{4}|\+?\d{4,5}\s?\d{6})(?![\d-])"
-)
-# 13 to 16 digits, optionally in groups of four: the shape of a payment card.
-_CARD = re.compile(r"(?<!\d)(?:\d{4}[\s-]?){3}\d{1,4}(?!\d)")
 _MY_EMAIL = _phrase_pattern(("my email", "my e-mail", "my email address"))
 _MY_PHONE = _phrase_pattern(("my phone", "my phone number", "my mobile", "my number", "my cell"))
 _MY_ADDRESS = _phrase_pattern(("my address", "my home address", "my postal address"))
@@ -371,10 +369,12 @@ def handcrafted_features(texts: Sequence[str]) -> pd.DataFrame:
 
     Missing texts (None/NaN) count as empty strings.
     """
-    # Object dtype keeps Python's ``re`` semantics (lookarounds, Unicode \\w)
-    # regardless of pandas' default string backend.
-    raw = pd.Series(list(texts), dtype=object)
-    text = raw.where(raw.notna(), "").astype(str).str.replace("\u2019", "'", regex=False)
+    # Object dtype keeps Python's ``re`` semantics (lookarounds, possessive
+    # quantifiers, Unicode \\w) regardless of pandas' default string backend:
+    # ``astype(str)`` would hand the flag-less patterns to pyarrow's RE2.
+    text = pd.Series(
+        ["" if value is None or pd.isna(value) else str(value).replace("\u2019", "'") for value in texts], dtype=object
+    )
 
     words = _count(text, _WORD)
     letters = _count(text, _LETTER)
@@ -382,6 +382,7 @@ def handcrafted_features(texts: Sequence[str]) -> pd.DataFrame:
     positive = _count(text, _POSITIVE)
     negative = _count(text, _NEGATIVE)
     question_marks = _count(text, _QUESTION_MARK)
+    pii_kinds = text.map(lambda one: redact(one).counts)
 
     columns: dict[str, pd.Series] = {
         "char_count": text.str.len().astype("float64"),
@@ -407,9 +408,9 @@ def handcrafted_features(texts: Sequence[str]) -> pd.DataFrame:
         # In [-1, 1]: the balance of positive over negative lexicon hits.
         "sentiment_score": _ratio(positive - negative, positive + negative),
         "negation_count": _count(text, _NEGATION),
-        "email_address_cue": _cue(text, _EMAIL),
-        "phone_number_cue": _cue(text, _PHONE),
-        "card_number_cue": _cue(text, _CARD),
+        "email_address_cue": pii_kinds.map(lambda counts: float(counts["email"] > 0)).astype("float64"),
+        "phone_number_cue": pii_kinds.map(lambda counts: float(counts["phone"] > 0)).astype("float64"),
+        "card_number_cue": pii_kinds.map(lambda counts: float(counts["card"] > 0)).astype("float64"),
         "my_email_cue": _cue(text, _MY_EMAIL),
         "my_phone_cue": _cue(text, _MY_PHONE),
         "my_address_cue": _cue(text, _MY_ADDRESS),
