@@ -7,7 +7,10 @@ test_featurize.py through the encoder's per-process cache.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -59,10 +62,55 @@ def test_no_texts_give_an_empty_matrix(encoder: SentenceEncoder) -> None:
     assert encoder.encode([]).shape == (0, 384)
 
 
-def test_loading_never_goes_online(encoder: SentenceEncoder) -> None:
-    encoder.encode(["hello"])
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
-    assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
+# The similarity matrix sentence-transformers publishes for all-MiniLM-L6-v2 in its README and docs
+# ("Usage"), to four decimals: an expectation from outside this code.
+PUBLISHED_SENTENCES = ["The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium."]
+PUBLISHED_SIMILARITIES = [[1.0000, 0.6660, 0.1046], [0.6660, 1.0000, 0.1411], [0.1046, 0.1411, 1.0000]]
+
+# Run in a fresh interpreter: the model is cached per process, and the Hub libraries read their
+# settings once at import. Every way out (DNS, connect) is refused and recorded before anything loads.
+_ENCODE_WITHOUT_NETWORK = """
+import json, socket, sys
+
+attempts = []
+
+def refuse(*args, **kwargs):
+    attempts.append(repr(args))
+    raise OSError("network disabled by test_sentence_encoder")
+
+socket.getaddrinfo = refuse
+socket.create_connection = refuse
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+
+from privacy_pipeline.config import FeaturizeConfig
+from privacy_pipeline.sentence_encoder import SentenceEncoder
+
+vectors = SentenceEncoder(FeaturizeConfig()).encode(json.loads(sys.argv[1]))
+print(json.dumps({"attempts": attempts, "vectors": vectors.tolist(), "dtype": str(vectors.dtype)}))
+"""
+
+
+def test_the_model_loads_with_the_network_refused_and_reproduces_the_published_similarities(tmp_path) -> None:
+    # No offline switch and an empty Hub cache from the environment: only the code under test can keep
+    # the load off the network, and a Hub download could find nothing cached to fall back on.
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_"))}
+    env["HF_HOME"] = str(tmp_path / "empty-hf-home")
+    probe = subprocess.run(
+        [sys.executable, "-c", _ENCODE_WITHOUT_NETWORK, json.dumps(PUBLISHED_SENTENCES)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert result["attempts"] == [], f"loading or encoding tried the network: {result['attempts']}"
+    vectors = np.array(result["vectors"])
+    assert vectors.shape == (3, 384) and result["dtype"] == "float32"
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors @ vectors.T, PUBLISHED_SIMILARITIES, atol=1e-3)
 
 
 def test_the_model_version_is_the_packaged_model_version() -> None:
