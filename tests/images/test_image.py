@@ -3,7 +3,10 @@
 Slow tier (``-m image``): the first build makes a Debian base with debootstrap
 and installs the pinned stage package (minutes); later runs reuse the cached
 base and buildah's layers. Needs root for buildah's image store; build.sh
-installs buildah and debootstrap with apt-get when they are missing.
+installs buildah and debootstrap with apt-get when they are missing, so a fresh
+root machine with apt-get has all it needs. Elsewhere the tier is skipped, except
+in CI (``$CI`` set), where it is the only run of the real image: there a machine
+that cannot build fails the tier instead of skipping it unnoticed.
 """
 
 from __future__ import annotations
@@ -34,15 +37,17 @@ def _why_it_cannot_build() -> str | None:
     return None
 
 
-pytestmark = [
-    pytest.mark.image,
-    pytest.mark.skipif(_why_it_cannot_build() is not None, reason=str(_why_it_cannot_build())),
-]
+pytestmark = pytest.mark.image
 
 
 @pytest.fixture(scope="module")
 def build_output() -> str:
     """Build (or reuse) the base and the image, and run build.sh's own check of it."""
+    cannot_build = _why_it_cannot_build()
+    if cannot_build is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real image, but it cannot be built here: {cannot_build}")
+        pytest.skip(cannot_build)
     result = subprocess.run(["bash", str(BUILD), "all"], capture_output=True, text=True, check=False, timeout=3600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"images/build.sh failed:\n{output[-4000:]}"
