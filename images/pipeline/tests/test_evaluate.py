@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from modeling_runs import clustered_features, commit, featurized_run, small_config
+from modeling_runs import clustered_features, commit, featurized_run, selected_run, small_config
 
 from privacy_pipeline import cli, model_io, modeling, storage
 from privacy_pipeline.config import INTENTS
@@ -67,6 +67,10 @@ def test_evaluate_writes_metrics_that_beat_the_majority_baseline_and_plots(train
     assert result.xcom["baseline_f1_macro"] == metrics["baseline"]["f1_macro"]
     assert result.commit_uri == layout.result("evaluate")
     assert result.summary.startswith("evaluate: holdout macro-F1 ") and "on 80 rows" in result.summary
+    # These clusters name no phrasing families: no unseen-phrasing metric, and the run says so.
+    assert metrics["phrasing"] == {"available": False, "note": evaluate.NO_FAMILIES_NOTE}
+    assert result.xcom["f1_macro_unseen"] is None and result.xcom["phrasing_note"] == evaluate.NO_FAMILIES_NOTE
+    assert "no unseen-phrasing metric: the data has no phrasing_family column" in result.summary
 
 
 def test_a_class_absent_from_the_holdout_is_left_out_of_roc_auc(model_and_holdout) -> None:
@@ -143,3 +147,40 @@ def test_the_cli_reports_a_missing_shard_as_one_line_and_exit_code_2(tmp_path: P
     assert cli.main([*settings, "tune", "--shard", "1", "--num-shards", "2", "--run", run_uri]) == 0
     assert cli.main([*settings, "select", "--run", run_uri]) == 2
     assert "error: select: tune shard 0 of 2 is missing" in capsys.readouterr().err
+
+
+def test_unseen_phrasings_are_scored_apart_from_seen_ones(tmp_path: Path) -> None:
+    """Rows of held-out families land in the holdout only; evaluate scores exactly those as unseen."""
+    frame, spec = clustered_features(n_rows=500, seed=8)
+    rng = np.random.default_rng(5)
+    frame["phrasing_family"] = [f"{label}/{int(rng.integers(4)):02d}" for label in frame["label"]]
+    frame["phrasing_held_out"] = frame["phrasing_family"].str.endswith("/03")
+    # An unseen phrasing sits away from its intent's cluster centre, so it is harder than a seen one.
+    embedding_columns = spec["embedding_columns"]
+    unseen = frame["phrasing_held_out"].to_numpy()
+    noise = rng.normal(scale=4.0, size=(int(unseen.sum()), len(embedding_columns))).astype(np.float32)
+    frame.loc[unseen, embedding_columns] += noise
+    run_uri = selected_run(tmp_path, "phrasings", frame, spec, CONFIG)
+    commit(train.run(config=CONFIG, run_uri=run_uri))
+
+    result = evaluate.run(config=CONFIG, run_uri=run_uri)
+
+    layout = RunLayout(run_uri)
+    metrics = storage.read_json(layout.metrics)["phrasing"]
+    holdout = modeling.read_table(layout.holdout_split)
+    model = model_io.load_model(layout.model)
+    unseen_rows = holdout["phrasing_held_out"].to_numpy()
+    assert metrics["available"] is True
+    assert metrics["unseen"]["n_holdout"] == frame["phrasing_held_out"].sum() == unseen_rows.sum()
+    assert metrics["seen"]["n_holdout"] == len(holdout) - unseen_rows.sum()
+    assert metrics["unseen"]["phrasing_families"] == 6
+    expected_unseen = evaluate.score(model, holdout[unseen_rows], list(INTENTS))["f1_macro"]
+    expected_seen = evaluate.score(model, holdout[~unseen_rows], list(INTENTS))["f1_macro"]
+    assert metrics["unseen"]["f1_macro"] == pytest.approx(expected_unseen)
+    assert metrics["seen"]["f1_macro"] == pytest.approx(expected_seen)
+    assert metrics["unseen"]["f1_macro"] < metrics["seen"]["f1_macro"]
+    assert metrics["unseen"]["baseline_f1_macro"] < 0.2
+    assert result.xcom["f1_macro_unseen"] == metrics["unseen"]["f1_macro"]
+    assert result.xcom["n_holdout_unseen"] == metrics["unseen"]["n_holdout"]
+    assert result.xcom["phrasing_note"] is None
+    assert f"unseen phrasings {expected_unseen:.2f}" in result.summary

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from modeling_runs import clustered_features, featurized_run, small_config
 
 from privacy_pipeline import modeling, storage
 from privacy_pipeline.errors import StageError
+from privacy_pipeline.phrasing import normalised_text
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.stages import split
 
@@ -33,6 +35,7 @@ def test_split_writes_disjoint_stratified_train_and_holdout(tmp_path: Path) -> N
     assert result.xcom["holdout_uri"] == layout.holdout_split
     assert result.commit_uri == layout.result("split")
     assert "240 train and 60 holdout rows" in result.summary
+    assert result.xcom["held_out_phrasing_rows"] == 0 and result.xcom["distinct_texts"] == len(frame)
 
 
 def test_the_same_seed_gives_the_same_holdout_and_another_seed_another(tmp_path: Path) -> None:
@@ -64,4 +67,64 @@ def test_split_refuses_features_that_lack_columns_of_the_spec(tmp_path: Path) ->
     frame, spec = clustered_features(n_rows=200)
     run_uri = featurized_run(tmp_path, frame.drop(columns=["hc_noise"]), spec)
     with pytest.raises(StageError, match="split: .*features.parquet lacks the feature columns hc_noise"):
+        split.run(config=small_config(), run_uri=run_uri)
+
+
+def with_repeated_texts(frame, distinct: int = 40):
+    """Each row gets one of ``distinct`` texts (same label per text), written with varying case and punctuation."""
+    rng = np.random.default_rng(3)
+    frame = frame.copy()
+    texts = []
+    for i, label in enumerate(frame["label"]):
+        base = f"{label} request about item {chr(ord('a') + int(rng.integers(distinct // 6 + 1)))}"
+        texts.append(base.upper() + "!!" if i % 3 == 0 else base + ".")
+    frame["text"] = texts
+    return frame
+
+
+def test_no_holdout_text_is_in_training_even_as_a_near_copy(tmp_path: Path) -> None:
+    frame, spec = clustered_features(n_rows=600)
+    frame = with_repeated_texts(frame)
+    run_uri = featurized_run(tmp_path, frame, spec)
+    result = split.run(config=small_config(), run_uri=run_uri)
+
+    layout = RunLayout(run_uri)
+    train = modeling.read_table(layout.train_split)
+    holdout = modeling.read_table(layout.holdout_split)
+    train_texts = {normalised_text(t) for t in train["text"]}
+    holdout_texts = {normalised_text(t) for t in holdout["text"]}
+    # Many copies of few texts: a row-level split would put copies on both sides.
+    assert len(holdout_texts) >= 5 and len(holdout) > 50
+    assert train_texts.isdisjoint(holdout_texts)
+    assert set(train["id"]) | set(holdout["id"]) == set(frame["id"])
+    assert result.xcom["distinct_texts"] == len(train_texts | holdout_texts)
+
+
+def test_rows_of_held_out_phrasing_families_go_to_the_holdout_only(tmp_path: Path) -> None:
+    frame, spec = clustered_features(n_rows=400)
+    rng = np.random.default_rng(4)
+    frame["phrasing_family"] = [f"{label}/{int(rng.integers(5)):02d}" for label in frame["label"]]
+    frame["phrasing_held_out"] = frame["phrasing_family"].str.endswith("/04")
+    run_uri = featurized_run(tmp_path, frame, spec)
+    result = split.run(config=small_config(), run_uri=run_uri)
+
+    layout = RunLayout(run_uri)
+    train = modeling.read_table(layout.train_split)
+    holdout = modeling.read_table(layout.holdout_split)
+    held_out_ids = set(frame.loc[frame["phrasing_held_out"], "id"])
+    assert held_out_ids <= set(holdout["id"])
+    assert not train["phrasing_held_out"].any()
+    assert not train["phrasing_family"].str.endswith("/04").any()
+    # The rest is cut as before: about holdout_fraction of the trainable rows.
+    seen_in_holdout = (~holdout["phrasing_held_out"]).sum()
+    assert seen_in_holdout == pytest.approx(0.2 * (len(frame) - len(held_out_ids)), abs=6)
+    assert result.xcom["held_out_phrasing_rows"] == len(held_out_ids)
+    assert f"plus {len(held_out_ids)} rows of held-out phrasings" in result.summary
+
+
+def test_a_class_whose_every_family_is_held_out_is_refused(tmp_path: Path) -> None:
+    frame, spec = clustered_features(n_rows=200)
+    frame["phrasing_held_out"] = frame["label"] == "opt_out"
+    run_uri = featurized_run(tmp_path, frame, spec)
+    with pytest.raises(StageError, match=r"classes \['opt_out'\] .* fewer than 2 rows left to train on"):
         split.run(config=small_config(), run_uri=run_uri)

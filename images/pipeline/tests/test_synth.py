@@ -18,6 +18,7 @@ from privacy_pipeline.errors import StageError
 from privacy_pipeline.stages import synth
 
 PRIVACY_INTENTS = [label for label in INTENTS if label != "no_privacy_intent"]
+COLUMNS = ["id", "text", "label", "phrasing_family", "phrasing_held_out"]
 
 
 @pytest.fixture()
@@ -109,10 +110,10 @@ def test_the_format_follows_the_suffix_unless_given(tmp_path: Path, config) -> N
     gzipped = synth.run(config=config, out=str(tmp_path / "raw.csv.gz"), rows=50)
 
     assert parquet.xcom["format"] == "parquet"
-    assert list(pd.read_parquet(tmp_path / "raw.parquet").columns) == ["id", "text", "label"]
+    assert list(pd.read_parquet(tmp_path / "raw.parquet").columns) == COLUMNS
     assert as_csv.xcom["format"] == gzipped.xcom["format"] == "csv"
-    assert pd.read_csv(tmp_path / "raw.data").shape == (50, 3)
-    assert pd.read_csv(io.BytesIO(gzip.decompress((tmp_path / "raw.csv.gz").read_bytes()))).shape == (50, 3)
+    assert pd.read_csv(tmp_path / "raw.data").shape == (50, 5)
+    assert pd.read_csv(io.BytesIO(gzip.decompress((tmp_path / "raw.csv.gz").read_bytes()))).shape == (50, 5)
 
 
 def test_an_unknown_suffix_without_format_is_refused_and_nothing_written(tmp_path: Path, config) -> None:
@@ -127,6 +128,7 @@ def test_xcom_and_summary_report_what_was_written(tmp_path: Path, config) -> Non
     out = str(tmp_path / "raw.csv")
 
     result = synth.run(config=config, out=out, rows=1000, seed=3)
+    frame = pd.read_csv(out)
 
     assert result.commit_uri is None
     assert result.xcom == {
@@ -135,8 +137,14 @@ def test_xcom_and_summary_report_what_was_written(tmp_path: Path, config) -> Non
         "class_counts": synth.class_sizes(1000),
         "format": "csv",
         "embedded": False,
+        "phrasing_families": frame["phrasing_family"].nunique(),
+        "held_out_phrasing_rows": int(frame["phrasing_held_out"].sum()),
     }
-    assert result.summary == f"synth: wrote 1000 rows (100 privacy intents, 6 labels) to {out}"
+    assert 0.08 < result.xcom["held_out_phrasing_rows"] / 1000 < 0.2
+    assert result.summary == (
+        f"synth: wrote 1000 rows (100 privacy intents, 6 labels, {result.xcom['held_out_phrasing_rows']} in "
+        f"held-out phrasing families) to {out}"
+    )
 
 
 def test_embedded_adds_the_584_production_columns(tmp_path: Path, config, fake_production_embeddings) -> None:
@@ -145,9 +153,9 @@ def test_embedded_adds_the_584_production_columns(tmp_path: Path, config, fake_p
     result = synth.run(config=config, out=str(out), rows=40, embedded=True)
 
     frame = pd.read_parquet(out)
-    assert list(frame.columns[:3]) == ["id", "text", "label"]
-    assert list(frame.columns[3:]) == [f"emb_{i:03d}" for i in range(584)]
-    assert (frame.dtypes.iloc[3:] == np.float32).all()
+    assert list(frame.columns[:5]) == COLUMNS
+    assert list(frame.columns[5:]) == [f"emb_{i:03d}" for i in range(584)]
+    assert (frame.dtypes.iloc[5:] == np.float32).all()
     assert frame["emb_000"].tolist() == [float(len(t)) for t in frame["text"]]
     assert len(fake_production_embeddings) == 1 and list(fake_production_embeddings[0]) == frame["text"].tolist()
     assert result.xcom["embedded"] is True
@@ -159,3 +167,32 @@ def test_without_embedded_the_sentence_model_is_never_called(
     synth.run(config=config, out=str(tmp_path / "raw.csv"), rows=40)
     assert fake_production_embeddings == []
     assert not any(c.startswith("emb_") for c in pd.read_csv(tmp_path / "raw.csv").columns)
+
+
+def test_each_row_names_its_phrasing_family_and_held_out_families_are_marked(dataset: pd.DataFrame) -> None:
+    families = dataset["phrasing_family"]
+    intents = families.str.split("/").str[0]
+    assert set(intents) == set(INTENTS)
+    # Rows carry their own intent's phrasing except the few written like a neighbouring intent.
+    assert (intents == dataset["label"]).mean() > 0.95
+    held_out = dataset[dataset["phrasing_held_out"]]
+    expected = {f"{intent}/{p:02d}" for intent, positions in synth.HELD_OUT_TEMPLATES.items() for p in positions}
+    assert set(held_out["phrasing_family"]) == expected
+    assert not dataset.loc[~dataset["phrasing_held_out"], "phrasing_family"].isin(expected).any()
+    # Every intent has unseen phrasings to score, and most rows stay trainable.
+    assert set(held_out["label"]) == set(INTENTS)
+    assert 0.08 < len(held_out) / len(dataset) < 0.2
+
+
+def test_a_trainable_row_never_contains_a_held_out_template(dataset: pd.DataFrame) -> None:
+    """The appended second request of a seen row is drawn from seen templates only."""
+    held_out_openings = [
+        synth.TEMPLATES[intent][p].split("{")[0].strip().lower()
+        for intent, positions in synth.HELD_OUT_TEMPLATES.items()
+        for p in positions
+        if len(synth.TEMPLATES[intent][p].split("{")[0].strip()) > 25
+    ]
+    assert len(held_out_openings) > 5
+    seen_texts = dataset.loc[~dataset["phrasing_held_out"], "text"].str.lower()
+    for opening in held_out_openings:
+        assert not seen_texts.str.contains(opening, regex=False).any(), opening

@@ -89,8 +89,14 @@ def test_clean_text_data_passes_whole_with_an_empty_quarantine(tmp_path: Path, c
         "rows_valid": ROWS,
         "rows_quarantined": 0,
         "class_counts": report["class_counts"],
+        # "support message 7 about ..." and "... 8 ..." differ only in a number: one text, normalised.
+        "exact_duplicate_rows": 0,
+        "near_duplicate_rows": ROWS - 3,
     }
-    assert result.summary == f"validate: {ROWS} of {ROWS} rows valid, none quarantined; 6 classes"
+    assert result.summary == (
+        f"validate: {ROWS} of {ROWS} rows valid, none quarantined; 6 classes; "
+        f"0 exact and {ROWS - 3} near-duplicate texts"
+    )
 
 
 def test_validate_needs_a_completed_ingest(tmp_path: Path, config) -> None:
@@ -335,3 +341,24 @@ def test_the_cli_runs_synth_ingest_validate_and_reports_failures_in_one_line(
         f"error: validate: only 1200 valid rows in {RunLayout(run_uri).snapshot}, fewer than validate.min_rows (2000)"
     ]
     assert "Traceback" not in captured.err
+
+
+def test_exact_and_near_duplicate_texts_are_reported_not_quarantined(tmp_path: Path, config) -> None:
+    frame = labelled_messages()
+    frame["text"] = [f"message number {chr(ord('a') + i % 26)}{chr(ord('a') + i // 26)}" for i in range(ROWS)]
+    frame.loc[1:4, "text"] = frame.loc[0, "text"]  # four exact copies of row 0
+    frame.loc[5, "text"] = "MESSAGE  number, AA!! 🙏"  # row 0 again up to case, spacing, punctuation, emoji
+    frame.loc[6, "text"] = "message number ba"  # a different text that merely looks alike: not a duplicate
+    frame.loc[7, "text"] = "order 12345 is late"
+    frame.loc[8, "text"] = "Order 99817 is late."  # the same text with another order number
+    run_uri = ingested(tmp_path, config, frame)
+
+    result = validate.run(config=config, run_uri=run_uri)
+
+    report = storage.read_json(RunLayout(run_uri).validation_report)["duplicates"]
+    assert report["exact_duplicate_rows"] == 4
+    assert report["near_duplicate_rows"] == 2
+    assert report["rows_in_duplicate_groups"] == 8 and report["largest_duplicate_group"] == 6
+    assert report["unique_normalised_texts"] == ROWS - 6
+    assert result.xcom["rows_valid"] == ROWS and result.xcom["rows_quarantined"] == 0
+    assert (result.xcom["exact_duplicate_rows"], result.xcom["near_duplicate_rows"]) == (4, 2)

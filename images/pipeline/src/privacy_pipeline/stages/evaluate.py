@@ -1,5 +1,12 @@
 """``evaluate``: score the trained model on the untouched holdout, next to a majority-class baseline.
 
+When the data names each row's phrasing family, the holdout is also scored in
+two parts: rows whose family never occurs in training (unseen phrasings, the
+headline: it measures generalisation, not recognition of a template) and rows
+of families the model trained on (seen phrasings, different texts). Data
+without a ``phrasing_family`` column has no unseen-phrasing metric, and the
+metrics and summary say so.
+
 ``score`` is also what ``register`` uses to score the current champion on this
 run's holdout, so candidate and champion are compared on the same rows by the
 same code.
@@ -14,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
 from matplotlib.figure import Figure
 from sklearn.metrics import (  # type: ignore[import-untyped]
     accuracy_score,
@@ -29,6 +37,7 @@ from sklearn.metrics import (  # type: ignore[import-untyped]
 from privacy_pipeline import model_io, modeling, storage
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.errors import StageError
+from privacy_pipeline.phrasing import PHRASING_FAMILY_COLUMN, unseen_phrasing_rows
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.stage_result import StageResult
 
@@ -147,6 +156,72 @@ def majority_baseline(train_labels: Any, holdout_labels: Any) -> dict[str, Any]:
     }
 
 
+NO_FAMILIES_NOTE = (
+    "no unseen-phrasing metric: the data has no phrasing_family column, so the holdout cannot be told apart "
+    "by whether its phrasings occur in training"
+)
+
+
+def phrasing_metrics(
+    model: Any,
+    holdout: pd.DataFrame,
+    train: pd.DataFrame,
+    labels: list[str],
+    *,
+    negative_label: str = DEFAULT_NEGATIVE_LABEL,
+) -> dict[str, Any]:
+    """Holdout metrics on unseen phrasings (families never in ``train``) and on seen ones, each beside the baseline.
+
+    ``unseen`` or ``seen`` is None when the holdout has no such rows; both are
+    absent, with a ``note`` saying why, when the data names no families.
+    """
+    unseen = unseen_phrasing_rows(holdout, train.get(PHRASING_FAMILY_COLUMN))
+    if unseen is None:
+        return {"available": False, "note": NO_FAMILIES_NOTE}
+    parts: dict[str, Any] = {"available": True}
+    for name, rows in (("unseen", unseen), ("seen", ~unseen)):
+        subset = holdout[rows]
+        if subset.empty:
+            parts[name] = None
+            continue
+        metrics = score(model, subset, labels, negative_label=negative_label)
+        parts[name] = {
+            "n_holdout": metrics["n_holdout"],
+            "phrasing_families": int(subset[PHRASING_FAMILY_COLUMN].nunique()),
+            "f1_macro": metrics["f1_macro"],
+            "accuracy": metrics["accuracy"],
+            "roc_auc_ovr": metrics["roc_auc_ovr"],
+            "f1_per_class": metrics["f1_per_class"],
+            "support_per_class": metrics["support_per_class"],
+            "privacy_vs_none_f1": metrics["privacy_vs_none"]["f1"],
+            "baseline_f1_macro": majority_baseline(train["label"], subset["label"])["f1_macro"],
+        }
+    return parts
+
+
+def _read_train_labels(uri: str) -> pd.DataFrame:
+    """Only the training labels and phrasing families: the baseline and the seen/unseen cut need nothing else."""
+    train = pq.ParquetFile(storage.open_bytes(uri))
+    wanted = [name for name in ("label", PHRASING_FAMILY_COLUMN) if name in train.schema_arrow.names]
+    return train.read(columns=wanted).to_pandas()
+
+
+def _phrasing_summary(phrasing: dict[str, Any]) -> str:
+    if not phrasing["available"]:
+        return f"; {NO_FAMILIES_NOTE}"
+    parts = []
+    for name in ("unseen", "seen"):
+        part = phrasing[name]
+        if part is None:
+            parts.append(f"no {name}-phrasing rows")
+        else:
+            parts.append(
+                f"{name} phrasings {part['f1_macro']:.2f} (baseline {part['baseline_f1_macro']:.2f}, "
+                f"{part['n_holdout']} rows)"
+            )
+    return "; macro-F1 on " + ", ".join(parts)
+
+
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -207,12 +282,12 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
     layout.require("train", needed_by=STAGE)
     model = model_io.load_model(layout.model)
     holdout = modeling.read_table(layout.holdout_split)
-    # Only the labels: the baseline needs the training class frequencies, nothing else.
-    train_labels = pd.read_parquet(storage.open_bytes(layout.train_split), columns=["label"])["label"]
+    train = _read_train_labels(layout.train_split)
     labels = list(config.labels)
 
     metrics = score(model, holdout, labels, negative_label=config.negative_label)
-    metrics["baseline"] = majority_baseline(train_labels, holdout["label"])
+    metrics["baseline"] = majority_baseline(train["label"], holdout["label"])
+    metrics["phrasing"] = phrasing_metrics(model, holdout, train, labels, negative_label=config.negative_label)
     metrics["model_uri"] = layout.model
     truth = holdout["label"].astype(str).to_numpy()
     proba = _probabilities(model, _model_inputs(model, holdout, STAGE), labels)
@@ -227,11 +302,14 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
         storage.write_bytes(layout.plot(name), png, content_type="image/png")
     auc = metrics["roc_auc_ovr"]
     auc_text = f"{auc:.2f}" if auc is not None else "n/a"
+    phrasing = metrics["phrasing"]
+    unseen = phrasing.get("unseen") or {}
+    seen = phrasing.get("seen") or {}
     return StageResult(
         stage=STAGE,
         summary=f"{STAGE}: holdout macro-F1 {metrics['f1_macro']:.2f} (majority baseline "
         f"{metrics['baseline']['f1_macro']:.2f}), accuracy {metrics['accuracy']:.2f}, ROC-AUC {auc_text} "
-        f"on {metrics['n_holdout']} rows",
+        f"on {metrics['n_holdout']} rows{_phrasing_summary(phrasing)}",
         xcom={
             "metrics_uri": layout.metrics,
             "f1_macro": metrics["f1_macro"],
@@ -239,6 +317,14 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
             "roc_auc_ovr": auc,
             "baseline_f1_macro": metrics["baseline"]["f1_macro"],
             "n_holdout": metrics["n_holdout"],
+            # None when the data names no phrasing families (see phrasing_note) or the holdout has no such rows.
+            "f1_macro_unseen": unseen.get("f1_macro"),
+            "baseline_f1_macro_unseen": unseen.get("baseline_f1_macro"),
+            "n_holdout_unseen": unseen.get("n_holdout"),
+            "f1_macro_seen": seen.get("f1_macro"),
+            "baseline_f1_macro_seen": seen.get("baseline_f1_macro"),
+            "n_holdout_seen": seen.get("n_holdout"),
+            "phrasing_note": phrasing.get("note"),
             "plot_uris": {name: layout.plot(name) for name in PLOTS},
         },
         commit_uri=layout.result(STAGE),

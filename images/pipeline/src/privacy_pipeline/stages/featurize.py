@@ -27,6 +27,7 @@ import pandas as pd  # type: ignore[import-untyped]
 from privacy_pipeline import storage
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.errors import StageError
+from privacy_pipeline.phrasing import PHRASING_COLUMNS
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.sentence_encoder import MODEL_NAME, SentenceEncoder, model_version
 from privacy_pipeline.stage_result import StageResult
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 STAGE = "featurize"
 TEXT_COLUMN = "text"
 EMBEDDING_COLUMN = "embedding"
-# Carried through untouched, in this order, ahead of the feature columns.
-PASSTHROUGH_COLUMNS = ("id", "label", TEXT_COLUMN)
+# Carried through untouched, in this order, ahead of the feature columns
+# (the phrasing columns, where present, for split's and evaluate's unseen-phrasing holdout).
+PASSTHROUGH_COLUMNS = ("id", "label", TEXT_COLUMN, *PHRASING_COLUMNS)
 SENTENCE_PREFIX = "st_"
 EMBEDDING_PREFIX = "emb_"
 

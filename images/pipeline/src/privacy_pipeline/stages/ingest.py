@@ -4,7 +4,9 @@ The source is one CSV/Parquet file or a prefix of part files (``*.csv``,
 ``*.csv.gz``, ``*.parquet``; ``_SUCCESS``, hidden files and other suffixes are
 skipped). Every part is read strictly and normalised to the snapshot schema:
 ``id``, ``label``, ``text`` (when the source has text) and ``embedding``
-(``list<float32>``, when it has embeddings, wide ``emb_*`` columns packed).
+(``list<float32>``, when it has embeddings, wide ``emb_*`` columns packed),
+and the optional ``phrasing_family`` (text) and ``phrasing_held_out`` (bool)
+that split and evaluate use for the unseen-phrasing holdout.
 Content problems inside rows (unknown labels, wrong embedding lengths, NaN)
 are left for validate, which can name and quarantine the rows; ingest fails
 only on files it cannot read as a table at all.
@@ -26,6 +28,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from privacy_pipeline import storage, tabular
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.errors import StageError
+from privacy_pipeline.phrasing import PHRASING_FAMILY_COLUMN, PHRASING_HELD_OUT_COLUMN
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.stage_result import StageResult
 
@@ -94,6 +97,14 @@ def _as_strings(table: pa.Table, name: str, uri: str) -> pa.ChunkedArray:
         raise StageError(f"{STAGE}: {uri} column {name!r} is {column.type}, which cannot be read as text") from exc
 
 
+def _as_flags(table: pa.Table, name: str, uri: str) -> pa.ChunkedArray:
+    column = table.column(name)
+    try:
+        return column.cast(pa.bool_())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise StageError(f"{STAGE}: {uri} column {name!r} ({column.type}) must hold true/false values: {exc}") from exc
+
+
 def _wide_columns(columns: list[str], uri: str) -> list[str]:
     wide = tabular.wide_embedding_columns(columns)
     dims = [int(name[len(tabular.WIDE_EMBEDDING_PREFIX) :]) for name in wide]
@@ -136,6 +147,10 @@ def normalise(table: pa.Table, uri: str) -> _Part:
     }
     if TEXT_COLUMN in columns:
         arrays[TEXT_COLUMN] = _as_strings(table, TEXT_COLUMN, uri)
+    if PHRASING_FAMILY_COLUMN in columns:
+        arrays[PHRASING_FAMILY_COLUMN] = _as_strings(table, PHRASING_FAMILY_COLUMN, uri)
+    if PHRASING_HELD_OUT_COLUMN in columns:
+        arrays[PHRASING_HELD_OUT_COLUMN] = _as_flags(table, PHRASING_HELD_OUT_COLUMN, uri)
     packed: tabular.PackedEmbeddings | None = None
     if wide:
         packed = tabular.pack_wide_embeddings(table, wide)
@@ -146,7 +161,15 @@ def normalise(table: pa.Table, uri: str) -> _Part:
     if packed is not None:
         arrays[EMBEDDING_COLUMN] = packed.values
         part.non_numeric_embedding_cells = packed.non_numeric_cells
-    used = {ID_COLUMN, LABEL_COLUMN, TEXT_COLUMN, EMBEDDING_COLUMN, *wide}
+    used = {
+        ID_COLUMN,
+        LABEL_COLUMN,
+        TEXT_COLUMN,
+        PHRASING_FAMILY_COLUMN,
+        PHRASING_HELD_OUT_COLUMN,
+        EMBEDDING_COLUMN,
+        *wide,
+    }
     part.dropped_columns = [name for name in columns if name not in used]
     part.table = pa.table(arrays)
     return part
@@ -236,7 +259,8 @@ def run(*, config: PipelineConfig, source: str, run_uri: str) -> StageResult:
     layout = RunLayout(run_uri)
     parts = [_read_part(uri, config) for uri in part_uris(source)]
     _check_same_kind(parts, source)
-    snapshot = pa.concat_tables([part.table for part in parts])
+    # promote: a part without the optional phrasing columns gets nulls there.
+    snapshot = pa.concat_tables([part.table for part in parts], promote_options="default")
     if snapshot.num_rows == 0:
         raise StageError(f"{STAGE}: {source} has no data rows ({len(parts)} part file(s), all header-only)")
     sha = tabular.content_sha256(snapshot)

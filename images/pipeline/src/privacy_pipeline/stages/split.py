@@ -2,19 +2,34 @@
 
 The holdout is cut here, before any fitting, and nothing downstream resamples
 it: SMOTE lives inside the model pipeline and only ever sees training rows.
+
+Two rules keep the holdout honest:
+
+- Group-aware: rows with the same normalised text (``phrasing.text_keys``; the
+  same embedding when there is no text) form one group, and a group lies
+  wholly on one side, so no holdout text was seen in training. The stratified
+  cut is made over groups, each counted under its first row's label.
+- Held-out phrasings: every row marked ``phrasing_held_out`` (and every row
+  sharing a text with one) goes to the holdout, on top of the
+  ``split.holdout_fraction`` cut of the rest, so evaluate can score phrasing
+  families the model never saw.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from typing import Any
 
+import numpy as np
+import pandas as pd  # type: ignore[import-untyped]
 from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
 
 from privacy_pipeline import modeling, storage
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.errors import StageError
+from privacy_pipeline.phrasing import held_out_rows, text_keys
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.stage_result import StageResult
 
@@ -25,6 +40,32 @@ STAGE = "split"
 
 def _class_counts(labels: Any) -> dict[str, int]:
     return {str(label): int(n) for label, n in sorted(Counter(labels).items())}
+
+
+def group_keys(features: pd.DataFrame, spec: dict[str, Any]) -> np.ndarray:
+    """Rows with equal keys are copies of one message and must stay on one side of the split."""
+    if "text" in features.columns:
+        return text_keys(features["text"])
+    # No text: an identical embedding is the same message.
+    inputs = np.ascontiguousarray(features[modeling.input_columns(spec)].to_numpy(dtype=np.float32))
+    return np.array([hashlib.blake2b(row.tobytes(), digest_size=12).hexdigest() for row in inputs], dtype=object)
+
+
+def _grouped_cut(rows: pd.DataFrame, keys: np.ndarray, config: PipelineConfig, source: str) -> np.ndarray:
+    """True for the rows whose group falls in the holdout: a stratified cut over groups, not rows."""
+    groups = pd.DataFrame({"key": keys, "label": rows["label"].to_numpy()}).drop_duplicates("key")
+    try:
+        _, holdout_groups = train_test_split(
+            groups["key"].to_numpy(),
+            test_size=config.split.holdout_fraction,
+            stratify=groups["label"].to_numpy(),
+            random_state=config.seed,
+        )
+    except ValueError as exc:
+        raise StageError(
+            f"{STAGE}: cannot split {len(rows)} rows ({len(groups)} distinct texts) of {source}: {exc}"
+        ) from exc
+    return np.isin(keys, holdout_groups)
 
 
 def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
@@ -44,33 +85,52 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
             f"{STAGE}: {layout.features} has classes with fewer than 2 rows {too_small}; "
             "a stratified split needs at least one row of each class on each side"
         )
-    try:
-        train, holdout = train_test_split(
-            features,
-            test_size=config.split.holdout_fraction,
-            stratify=features["label"],
-            random_state=config.seed,
+    keys = group_keys(features, spec)
+    held_out = held_out_rows(features)
+    # A text written both from a held-out family and from a seen one goes with the held-out copy.
+    forced = np.isin(keys, keys[held_out])
+    cuttable = features[~forced]
+    cut_counts = _class_counts(cuttable["label"])
+    too_small = {label: counts[label] - cut_counts.get(label, 0) for label in counts if cut_counts.get(label, 0) < 2}
+    if too_small:
+        raise StageError(
+            f"{STAGE}: after sending held-out phrasing families to the holdout, classes {sorted(too_small)} of "
+            f"{layout.features} have fewer than 2 rows left to train on; hold out fewer of their families"
         )
-    except ValueError as exc:
-        raise StageError(f"{STAGE}: cannot split {len(features)} rows of {layout.features}: {exc}") from exc
-    train = train.reset_index(drop=True)
-    holdout = holdout.reset_index(drop=True)
+    in_holdout = np.zeros(len(features), dtype=bool)
+    in_holdout[~forced] = _grouped_cut(cuttable, keys[~forced], config, layout.features)
+    in_holdout |= forced
+    train = features[~in_holdout].reset_index(drop=True)
+    holdout = features[in_holdout].reset_index(drop=True)
 
     train_bytes = modeling.table_bytes(train)
     holdout_bytes = modeling.table_bytes(holdout)
     storage.write_bytes(layout.train_split, train_bytes)
     storage.write_bytes(layout.holdout_split, holdout_bytes)
     class_counts = {"train": _class_counts(train["label"]), "holdout": _class_counts(holdout["label"])}
-    log.info("split %d rows into %d train and %d holdout", len(features), len(train), len(holdout))
+    held_out_phrasing_rows = int(forced.sum())
+    duplicate_rows = int(pd.Series(keys).duplicated(keep=False).sum())
+    log.info(
+        "split %d rows into %d train and %d holdout (%d of them held-out phrasings); %d rows share a text with "
+        "another row and stay on its side",
+        len(features),
+        len(train),
+        len(holdout),
+        held_out_phrasing_rows,
+        duplicate_rows,
+    )
     return StageResult(
         stage=STAGE,
         summary=f"{STAGE}: {len(train)} train and {len(holdout)} holdout rows "
-        f"({config.split.holdout_fraction:.0%} holdout, stratified by label)",
+        f"({config.split.holdout_fraction:.0%} of distinct texts, stratified by label, copies kept together"
+        f"{f'; plus {held_out_phrasing_rows} rows of held-out phrasings' if held_out_phrasing_rows else ''})",
         xcom={
             "train_uri": layout.train_split,
             "holdout_uri": layout.holdout_split,
             "train_rows": len(train),
             "holdout_rows": len(holdout),
+            "held_out_phrasing_rows": held_out_phrasing_rows,
+            "distinct_texts": int(len(set(keys))),
             "class_counts": class_counts,
         },
         commit_uri=layout.result(STAGE),

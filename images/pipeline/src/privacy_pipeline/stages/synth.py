@@ -11,6 +11,12 @@ being privacy requests ("update my email address"), and a few rows carry the
 wording of a neighbouring intent, as human labels do, so the classes are not
 trivially separable.
 
+Each row records the template it was written from as its ``phrasing_family``
+(``<intent>/<position>``, or ``<intent>/short``), and ``phrasing_held_out`` is
+true for the families ``synth_templates.yaml`` holds out: split sends those rows
+to the holdout only, so evaluate can score phrasings the model never trained on.
+The wording itself (slots, templates, roughening vocabulary) lives in that file.
+
 Deterministic: one ``numpy.random.Generator`` seeded with ``--seed`` drives
 every choice, so the same seed writes a byte-identical file.
 """
@@ -19,19 +25,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 import pyarrow as pa  # type: ignore[import-untyped]
+import yaml
 
 from privacy_pipeline import storage, tabular
 from privacy_pipeline.config import EMBEDDING_DIM, INTENTS, PipelineConfig
 from privacy_pipeline.errors import StageError
+from privacy_pipeline.phrasing import PHRASING_FAMILY_COLUMN, PHRASING_HELD_OUT_COLUMN
 from privacy_pipeline.stage_result import StageResult
 
 log = logging.getLogger(__name__)
 
 STAGE = "synth"
+WORDING_FILE = "synth_templates.yaml"
 NEGATIVE = "no_privacy_intent"
 PRIVACY_SHARE = 0.10
 # How privacy requests split among the intents: deletion and opt-out are the
@@ -58,272 +70,26 @@ CONFUSABLE: dict[str, tuple[str, ...]] = {
 NEGATIVE_SLIP_SHARE = 0.005
 SHORT_SHARE = 0.12
 
-PRODUCTS = (
-    "the app",
-    "your website",
-    "the loyalty program",
-    "the smart speaker",
-    "the fitness tracker",
-    "my Premium subscription",
-    "the mobile app",
-    "the rewards card",
-    "the online store",
-    "the newsletter",
-    "the photo backup service",
-    "the smart thermostat",
-    "the video doorbell",
-    "the streaming service",
-)
-DATA_KINDS = (
-    "personal data",
-    "personal information",
-    "browsing history",
-    "purchase history",
-    "location data",
-    "contact details",
-    "email address",
-    "phone number",
-    "voice recordings",
-    "payment details",
-    "search history",
-    "photos",
-    "health data",
-    "fingerprint data",
-    "chat transcripts",
-    "device identifiers",
-    "profile information",
-    "home address",
-    "date of birth",
-    "order history",
-    "recordings",
-)
-CHANNELS = ("email", "SMS", "text message", "push notification", "phone call", "postal mail", "WhatsApp")
-TIME_PHRASES = (
-    "today",
-    "as soon as possible",
-    "within 30 days",
-    "by the end of the week",
-    "right away",
-    "immediately",
-    "before Friday",
-    "asap",
-    "this month",
-    "without delay",
-    "by tomorrow",
-)
-ASKS = (
-    "",
-    "please ",
-    "could you please ",
-    "kindly ",
-    "can you ",
-    "I need you to ",
-    "I would like you to ",
-    "I'm asking you to ",
-    "would you ",
-    "pls ",
-)
-GREETINGS = (
-    "Hi",
-    "Hello",
-    "Hey",
-    "Hi there",
-    "Good morning",
-    "Dear support",
-    "Hello team",
-    "Dear Sir or Madam",
-    "Good evening",
-    "hey there",
-)
-SIGN_OFFS = ("Thanks", "Thank you", "Cheers", "Regards, Sam", "thx", "Thanks in advance", "Best, Maria", "ty")
-CONTEXTS = (
-    "I've been a customer for {years} years.",
-    "I moved abroad recently.",
-    "My previous email about this got no answer.",
-    "I read about a data breach in the news.",
-    "This is the third time I'm asking.",
-    "I'm writing on behalf of my elderly mother.",
-    "I don't use {product} anymore.",
-    "I just got a new phone.",
-    "My order {order} arrived yesterday.",
-    "Your chatbot couldn't help me.",
-    "I tried the settings page but couldn't find anything.",
-    "My partner set up the account for me.",
-    "I'm on the family plan.",
-)
-EMOJIS = ("🙏", "😡", "😊", "🙂", "👍", "😤", "🤔", "❗", "😅", "🔒")
 
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "data_deletion": (
-        "{ask}delete my account and all the {data_kind} you have about me",
-        "{ask}erase everything you store about me, I'm done with {product}",
-        "{ask}remove my {data_kind} from your systems {time}",
-        "I want to exercise my right to be forgotten",
-        "{ask}permanently delete my profile and history",
-        "I want all my {data_kind} wiped from your servers",
-        "how do I get my {data_kind} deleted for good?",
-        "{ask}close my account and delete all data linked to it",
-        "this is a GDPR erasure request, delete my {data_kind}",
-        "I'm requesting deletion of my personal data under article 17",
-        "make sure nothing about me stays in your database after I leave {product}",
-        "{ask}purge my {data_kind} and confirm by {channel}",
-        "delete my data. all of it. {time}",
-        "I want my {data_kind} and my account gone, not just deactivated",
-        "can you make sure my old {data_kind} is destroyed, not archived?",
-        "I uploaded {data_kind} to {product} by mistake, {ask}erase it from your servers",
-        "cancel my membership and scrub my {data_kind} from your records",
-        "how can I remove all traces of myself from {product}?",
-        "under CCPA I request that you delete the personal information you collected about me",
-        "{ask}delete the {data_kind} you recorded through {product}",
-    ),
-    "data_access": (
-        "{ask}send me a copy of all the personal data you hold about me",
-        "what data do you have on me? I want an export",
-        "I am making a subject access request for my {data_kind}",
-        "can I download everything {product} has collected about me?",
-        "{ask}send me the information you store about my account, including {data_kind}",
-        "under GDPR article 15 I want to see what you know about me",
-        "I'd like to know exactly which {data_kind} you keep on file for me",
-        "{ask}export my {data_kind} in a machine-readable format",
-        "this is a DSAR, please respond within 30 days",
-        "where can I request a full copy of my {data_kind}?",
-        "what personal information has {product} recorded about me since I signed up?",
-        "{ask}give me access to the {data_kind} you've collected",
-        "I want to see the {data_kind} you shared with partners about me",
-        "do I have a right to get my data? I want all of it",
-        "I need a report of every piece of {data_kind} you process about me",
-        "how do I request my data? I want the {data_kind} too",
-        "{ask}provide a copy of my personal data {time}",
-        "I'd like to port my {data_kind} to another provider",
-    ),
-    "opt_out": (
-        "{ask}stop sending me marketing emails",
-        "{ask}opt me out of all promotional messages",
-        "do not sell or share my personal information",
-        "{ask}unsubscribe me from your newsletters and {channel} offers",
-        "I don't want my data shared with advertising partners anymore",
-        "{ask}take me off your mailing list, I keep getting {channel} promotions",
-        "stop the {channel} ads, I never signed up for them",
-        "I want to opt out of personalised advertising",
-        "{ask}remove me from all marketing lists {time}",
-        "no more {channel} marketing please",
-        "how do I opt out of the sale of my {data_kind}?",
-        "{ask}stop using my {data_kind} for targeted ads",
-        "exclude me from your partner marketing program",
-        "I keep getting spam {channel}s from you, make it stop",
-        "{ask}turn off all promotional {channel}s for my account",
-        "I don't want to be part of your data sharing with third parties",
-        "where is the do not sell my info link? I want to opt out",
-    ),
-    "consent_withdrawal": (
-        "I withdraw my consent to process my personal data",
-        "I no longer consent to you using my {data_kind}",
-        "{ask}revoke the permission I gave for tracking",
-        "I want to take back my consent for personalised ads",
-        "I changed my mind, stop processing my {data_kind} for analytics",
-        "I'm withdrawing the consent I gave when I signed up for {product}",
-        "{ask}record that I no longer agree to the processing of my {data_kind}",
-        "I revoke my consent for {product} to use my {data_kind}",
-        "I gave consent for research use of my {data_kind}, I'm taking it back",
-        "my consent to cookies and tracking is withdrawn as of {time}",
-        "{ask}stop processing my {data_kind}, I withdraw my agreement",
-        "I no longer allow you to use my {data_kind} for training your models",
-        "un-consent me from the data processing, I didn't understand what I agreed to",
-    ),
-    "privacy_policy_question": (
-        "how do you use the data you collect about me?",
-        "does {product} share my {data_kind} with third parties?",
-        "where can I read your privacy policy about cookies?",
-        "how long do you keep my {data_kind}?",
-        "are you GDPR compliant? who can see my information?",
-        "is my {data_kind} sold to advertisers?",
-        "what does your privacy policy say about {data_kind}?",
-        "which countries is my {data_kind} stored in?",
-        "do your employees have access to my {data_kind}?",
-        "what happens to my {data_kind} if I close my account?",
-        "do you use my {data_kind} to train AI?",
-        "who is your data protection officer and how do I contact them?",
-        "does {product} listen to my conversations?",
-        "is my {data_kind} encrypted on your servers?",
-        "what is the legal basis for processing my {data_kind}?",
-        "did the privacy policy change? what's different about how you use {data_kind}?",
-    ),
-    NEGATIVE: (
-        # Ordinary support traffic.
-        "where is my order? it was supposed to arrive {time}",
-        "I was charged twice for {product}",
-        "the app keeps crashing when I open the settings",
-        "{ask}help me reset my password",
-        "how do I change the delivery address for order {order}?",
-        "my package {order} arrived damaged",
-        "can I return a product I bought last week?",
-        "what are your opening hours?",
-        "the discount code doesn't work at checkout",
-        "is this item back in stock?",
-        "{ask}send me the invoice for order {order}",
-        "how do I pair the smart speaker with my phone?",
-        "my subscription renewal failed, what should I do?",
-        "I want to upgrade to the family plan",
-        "the website is very slow today",
-        "do you ship to Canada?",
-        "how do I cancel my order {order}?",
-        "I never received the confirmation {channel}",
-        "can I change the size of my order?",
-        "why was my card declined?",
-        "{ask}extend my trial by a week",
-        "the tracking number doesn't work",
-        "can I speak to a human agent?",
-        "my refund hasn't arrived yet",
-        "how do I use my loyalty points?",
-        "the fitness tracker won't sync",
-        "is there a student discount?",
-        "thanks for the quick help yesterday!",
-        "the video doorbell keeps disconnecting from wifi",
-        "which plan includes offline downloads?",
-        # Hard negatives: accounts, data, email, deleting, consent, policy,
-        # but no privacy request.
-        "{ask}update my email address on my account",
-        "{ask}delete this item from my cart",
-        "how do I change my phone number in my profile?",
-        "I accidentally deleted my account, can you restore it?",
-        "{ask}remove the old credit card from my payment methods",
-        "my data plan ran out, how do I top up?",
-        "how do I download my invoices as PDF?",
-        "{ask}cancel my subscription, it's too expensive",
-        "I can't access my account, it says my email is wrong",
-        "how do I withdraw money from my wallet balance?",
-        "what's your return policy for opened items?",
-        "I want to opt in to the loyalty program",
-        "{ask}delete my review, I posted it on the wrong product",
-        "the app deleted all my playlists after the update",
-        "how do I export my workout data to another app? the button is greyed out",
-        "{ask}resend the verification email",
-        "I want to unsubscribe from the premium plan but keep my free account",
-        "stop the delivery, I'm not home this week",
-        "I consent to leaving the package with my neighbour",
-        "can I see my order history from last year?",
-        "my email notifications for shipping updates stopped arriving",
-        "{ask}remove my address from the saved addresses list, it's outdated",
-        "is my payment going through? the page froze",
-        "what's the policy on late deliveries?",
-        "my account got locked after too many login attempts",
-        "can you merge my two accounts?",
-        "how much data does the streaming app use per hour?",
-        "{ask}change the name on my account",
-        "I'd like to delete a photo from my shared album",
-        "the privacy screen protector I ordered doesn't fit",
-        "where do I find my account number?",
-        "{ask}turn on two factor authentication for me",
-    ),
-}
+def _load_wording() -> dict[str, Any]:
+    with resources.files(__package__).joinpath(WORDING_FILE).open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
 
-SHORT_MESSAGES: dict[str, tuple[str, ...]] = {
-    "data_deletion": ("delete my data", "erase me", "delete my account + data", "gdpr delete", "forget me"),
-    "data_access": ("what data do u have on me", "send my data", "data export pls", "DSAR", "my data?"),
-    "opt_out": ("unsubscribe", "STOP", "opt out", "no more emails", "stop texting me"),
-    "consent_withdrawal": ("i withdraw consent", "revoke consent", "consent withdrawn", "no consent"),
-    "privacy_policy_question": ("privacy policy?", "do u sell my data", "who sees my data?", "cookies?"),
-    NEGATIVE: ("hi", "thanks!", "where is my order", "refund?", "hello??", "ok", "password reset", "help"),
+
+_WORDING = _load_wording()
+PRODUCTS: tuple[str, ...] = tuple(_WORDING["products"])
+DATA_KINDS: tuple[str, ...] = tuple(_WORDING["data_kinds"])
+CHANNELS: tuple[str, ...] = tuple(_WORDING["channels"])
+TIME_PHRASES: tuple[str, ...] = tuple(_WORDING["time_phrases"])
+ASKS: tuple[str, ...] = tuple(_WORDING["asks"])
+GREETINGS: tuple[str, ...] = tuple(_WORDING["greetings"])
+SIGN_OFFS: tuple[str, ...] = tuple(_WORDING["sign_offs"])
+CONTEXTS: tuple[str, ...] = tuple(_WORDING["contexts"])
+EMOJIS: tuple[str, ...] = tuple(_WORDING["emojis"])
+TEMPLATES: dict[str, tuple[str, ...]] = {label: tuple(t) for label, t in _WORDING["templates"].items()}
+SHORT_MESSAGES: dict[str, tuple[str, ...]] = {label: tuple(m) for label, m in _WORDING["short_messages"].items()}
+HELD_OUT_TEMPLATES: dict[str, frozenset[int]] = {
+    label: frozenset(positions) for label, positions in _WORDING["held_out"].items()
 }
 
 _KEYBOARD_NEIGHBOURS = {
@@ -338,6 +104,14 @@ _KEYBOARD_NEIGHBOURS = {
     "l": "k",
     "d": "sf",
 }
+
+
+@dataclass(frozen=True)
+class Message:
+    text: str
+    # <intent>/<template position> of the request sentence, or <intent>/short.
+    phrasing_family: str
+    held_out: bool
 
 
 class _Writer:
@@ -398,10 +172,15 @@ class _Writer:
             return sentence
         return sentence + self.pick((".", "!", ".", "!!", "...", " ?", "?"))
 
-    def message(self, written_as: str) -> str:
+    def message(self, written_as: str) -> Message:
         if self.chance(SHORT_SHARE):
-            return self._roughen(self._punctuate(self.pick(SHORT_MESSAGES[written_as])))
-        parts = [self._punctuate(self._fill(self.pick(TEMPLATES[written_as])))]
+            text = self._roughen(self._punctuate(self.pick(SHORT_MESSAGES[written_as])))
+            return Message(text, f"{written_as}/short", held_out=False)
+        templates = TEMPLATES[written_as]
+        held_out_positions = HELD_OUT_TEMPLATES.get(written_as, frozenset())
+        position = int(self.rng.integers(len(templates)))
+        held_out = position in held_out_positions
+        parts = [self._punctuate(self._fill(templates[position]))]
         if self.chance(0.25):
             parts.insert(0, self._fill(self.pick(CONTEXTS)))
             if self.chance(0.3):
@@ -409,11 +188,13 @@ class _Writer:
         if self.chance(0.35):
             parts.insert(0, self.pick(GREETINGS) + self.pick((",", "!", "", " -")))
         if self.chance(0.07):
-            # A second request in the same intent: the long tail of message lengths.
-            parts.append(self._punctuate(self._fill(self.pick(TEMPLATES[written_as]))))
+            # A second request in the same intent: the long tail of message lengths. A row that may
+            # be trained on never carries a held-out phrasing, even as its second sentence.
+            allowed = [t for i, t in enumerate(templates) if held_out or i not in held_out_positions]
+            parts.append(self._punctuate(self._fill(self.pick(allowed))))
         if self.chance(0.3):
             parts.append(self.pick(SIGN_OFFS))
-        return self._roughen(" ".join(parts))
+        return Message(self._roughen(" ".join(parts)), f"{written_as}/{position:02d}", held_out)
 
     def wording_for(self, label: str) -> str:
         """Which intent's templates a row with ``label`` is written from (usually its own)."""
@@ -435,15 +216,23 @@ def class_sizes(rows: int) -> dict[str, int]:
 
 
 def generate(rows: int, seed: int) -> pd.DataFrame:
-    """The dataset as a frame with columns id, text, label."""
+    """The dataset as a frame with columns id, text, label, phrasing_family, phrasing_held_out."""
     rng = np.random.default_rng(seed)
     labels = np.array([label for label, n in class_sizes(rows).items() for _ in range(n)], dtype=object)
     labels = labels[rng.permutation(rows)]
     writer = _Writer(rng)
-    texts = [writer.message(writer.wording_for(label)) for label in labels]
+    messages = [writer.message(writer.wording_for(label)) for label in labels]
     width = max(6, len(str(rows - 1)))
     ids = [f"msg-{i:0{width}d}" for i in range(rows)]
-    return pd.DataFrame({"id": ids, "text": texts, "label": labels.astype(str)})
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "text": [m.text for m in messages],
+            "label": labels.astype(str),
+            PHRASING_FAMILY_COLUMN: [m.phrasing_family for m in messages],
+            PHRASING_HELD_OUT_COLUMN: np.array([m.held_out for m in messages], dtype=bool),
+        }
+    )
 
 
 def _format_for(out: str, fmt: str | None) -> tabular.TableFormat:
@@ -461,6 +250,15 @@ def _format_for(out: str, fmt: str | None) -> tabular.TableFormat:
 
 
 def _embedding_frame(texts: list[str], config: PipelineConfig) -> pd.DataFrame:
+    """The 584-dim production form of ``texts`` (``--embedded``): 384 sentence dims + 200 TF-IDF/SVD dims.
+
+    The TF-IDF vocabulary and SVD are fitted on all ``texts``, holdout rows
+    included, without labels. That is deliberate, not a holdout leak: this
+    stands in for the upstream producer that hands us finished embeddings, and
+    that producer fits its own unsupervised encoder on its whole corpus before
+    we split anything. No label reaches it, so it cannot leak the answer;
+    ``test_leak.py`` checks that shuffled labels still score chance in this mode.
+    """
     # Imported here: featurize pulls in torch and the sentence model, which
     # plain synth runs do not need.
     from privacy_pipeline.stages.featurize import production_embeddings
@@ -495,19 +293,23 @@ def run(
         data = tabular.parquet_bytes(pa.Table.from_pandas(frame, preserve_index=False))
     storage.write_bytes(out, data)
 
+    held_out_rows = int(frame[PHRASING_HELD_OUT_COLUMN].sum())
     class_counts = {label: int(n) for label, n in frame["label"].value_counts().items()}
     class_counts = {label: class_counts[label] for label in INTENTS if label in class_counts}
     privacy = rows - class_counts.get(NEGATIVE, 0)
     log.info("class counts: %s", class_counts)
     return StageResult(
         stage=STAGE,
-        summary=f"{STAGE}: wrote {rows} rows ({privacy} privacy intents, {len(class_counts)} labels) to {out}",
+        summary=f"{STAGE}: wrote {rows} rows ({privacy} privacy intents, {len(class_counts)} labels, "
+        f"{held_out_rows} in held-out phrasing families) to {out}",
         xcom={
             "uri": out,
             "rows": rows,
             "class_counts": class_counts,
             "format": table_format,
             "embedded": embedded,
+            "phrasing_families": int(frame[PHRASING_FAMILY_COLUMN].nunique()),
+            "held_out_phrasing_rows": held_out_rows,
         },
         commit_uri=None,
     )

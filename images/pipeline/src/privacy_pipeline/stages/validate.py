@@ -11,7 +11,13 @@ required column is missing, or one check flags every row, e.g. every
 embedding is 583-dim), when bad rows exceed ``validate.max_bad_row_fraction``,
 or when what is left is too small to train on: under ``validate.min_rows``
 rows, a single class, or a class below ``config.min_rows_per_class``. On
-failure nothing is written. Row numbers in messages are 0-based positions in
+failure nothing is written.
+
+Repeated texts are reported, not quarantined: how many valid rows repeat an
+earlier row's text exactly, and how many only after normalisation (case,
+punctuation, whitespace, digits; see ``phrasing.normalised_text``). They are
+legitimate data, but a copy on each side of the split would score
+memorisation as generalisation, so split keeps each group on one side. Row numbers in messages are 0-based positions in
 the snapshot, followed by the source file and row the ingest manifest maps
 them to.
 """
@@ -30,6 +36,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 from privacy_pipeline import storage, tabular
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.errors import StageError
+from privacy_pipeline.phrasing import duplicate_report
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.stage_result import StageResult
 
@@ -302,6 +309,7 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
     class_counts = {label: label_counts[label] for label in config.labels if label_counts[label]}
     gating = _check_trainable(class_counts, uri, config)
     quarantine = _quarantine_table(table, bad, reasons, source_rows)
+    duplicates = duplicate_report(_strings(validated, TEXT_COLUMN)) if TEXT_COLUMN in validated.column_names else None
 
     check_reports = [
         {"name": "required_columns", "passed": True, "detail": ", ".join(table.column_names)},
@@ -329,6 +337,7 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
         "rows_quarantined": rows_quarantined,
         "reasons": reason_counts,
         "class_counts": class_counts,
+        "duplicates": duplicates,
         "checks": check_reports,
         "thresholds": {
             **thresholds.model_dump(mode="json"),
@@ -347,10 +356,15 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
         if rows_quarantined
         else "none quarantined"
     )
+    duplicates_note = (
+        f"; {duplicates['exact_duplicate_rows']} exact and {duplicates['near_duplicate_rows']} near-duplicate texts"
+        if duplicates
+        else ""
+    )
     return StageResult(
         stage=STAGE,
         summary=f"{STAGE}: {validated.num_rows} of {rows_in} rows valid, {quarantined_note}; "
-        f"{len(class_counts)} classes",
+        f"{len(class_counts)} classes{duplicates_note}",
         xcom={
             "validated_uri": layout.validated,
             "quarantine_uri": layout.quarantine,
@@ -358,6 +372,8 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
             "rows_valid": validated.num_rows,
             "rows_quarantined": rows_quarantined,
             "class_counts": class_counts,
+            "exact_duplicate_rows": duplicates["exact_duplicate_rows"] if duplicates else None,
+            "near_duplicate_rows": duplicates["near_duplicate_rows"] if duplicates else None,
         },
         commit_uri=layout.result(STAGE),
     )
