@@ -1,10 +1,12 @@
-"""Handcrafted text features: the cues fire on the sentences they are for, and only on those."""
+"""Handcrafted text features: the cues fire on the sentences they are for, only on those, and in linear time."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+from adversarial_text import adversarial_texts, budget_seconds, fastest_of, within_budget
+from hypothesis import HealthCheck, example, given, settings
 
 from privacy_pipeline.text_features import HANDCRAFTED_COLUMNS, HANDCRAFTED_FEATURES, handcrafted_features
 
@@ -177,3 +179,35 @@ def test_features_are_stateless_and_deterministic() -> None:
     alone = handcrafted_features([texts[1]])
     pd.testing.assert_frame_equal(together.iloc[[1]].reset_index(drop=True), alone)
     pd.testing.assert_frame_equal(handcrafted_features(texts), together)
+
+
+# --- hostile text -------------------------------------------------------------
+
+# Seconds per 100,000 characters: about 5x the slowest adversarial input measured on a loaded CI core.
+FEATURES_BUDGET_PER_100K = 10.0
+
+
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=adversarial_texts())
+# A run of sentence ends that never reaches a space (the sentence pattern
+# rescanned it from every "!"), and the phone cue's digit run ending in a letter.
+@example(text="!" * 100_000 + "x")
+@example(text="4" * 60 + "a")
+def test_features_of_hostile_text_finish_within_a_linear_budget(text: str) -> None:
+    with within_budget(budget_seconds(text, FEATURES_BUDGET_PER_100K), f"handcrafted_features() of {len(text)} chars"):
+        handcrafted_features([text])
+
+
+@pytest.mark.parametrize(
+    "unit", ["!", "1", "a@", "opt ", " "], ids=["exclamations", "digit-run", "many-ats", "phrase-starts", "spaces"]
+)
+def test_doubling_hostile_text_at_most_triples_the_feature_time(unit: str) -> None:
+    # Two doublings (12.5k -> 50k chars), each allowed 3x: linear is 4x, quadratic 16x.
+    short, long = (unit * (chars // len(unit)) + "x" for chars in (12_500, 50_000))
+
+    def featurize(text: str) -> object:
+        return handcrafted_features([text])
+
+    with within_budget(10 * budget_seconds(long, FEATURES_BUDGET_PER_100K), f"timing features on {unit!r} runs"):
+        short_seconds, long_seconds = fastest_of(featurize, short, repeats=5), fastest_of(featurize, long, repeats=5)
+    assert long_seconds <= 3 * 3 * short_seconds + 0.05, (short_seconds, long_seconds)
