@@ -9,12 +9,15 @@ ignored. Every record keeps where it came from (``line 17 of part-0000.jsonl``,
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
@@ -26,6 +29,12 @@ JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 ROLES = ("agent", "system", "user")
 USER_ROLE = "user"
+
+# The file holding the key of user_id_hash (a mounted Kubernetes Secret), and that Secret's name.
+PSEUDONYM_SECRET_ENV = "PIPELINE_PSEUDONYM_SECRET_PATH"
+PSEUDONYM_SECRET_NAME = "privacy-pipeline-pseudonym-key"
+# 256 bits: the HMAC-SHA256 block's worth of key is more than any brute force needs.
+MIN_PSEUDONYM_KEY_BYTES = 32
 
 _PARTITION_DAY = re.compile(r"(?:^|/)ds=(\d{4}-\d{2}-\d{2})(?:/|$)")
 
@@ -115,11 +124,40 @@ def parse_day(value: str, stage: str) -> str:
         raise StageError(f"{stage}: day {value!r} is not a date like 2026-11-20") from exc
 
 
-def user_id_hash(user_id: str | None) -> str | None:
-    """A pseudonymous key for "the same user", so the raw user id is never stored."""
+def load_pseudonym_key(stage: str) -> bytes:
+    """The secret key of ``user_id_hash``, from the file ``PIPELINE_PSEUDONYM_SECRET_PATH`` names.
+
+    In a cluster that file is the mounted Secret (stage_pod.py); on the
+    embedded stack a key generated once under .local/. There is no fallback:
+    without a key, a list of user ids would reverse every pseudonym.
+    """
+    path = os.environ.get(PSEUDONYM_SECRET_ENV, "")
+    if not path:
+        raise StageError(
+            f"{stage}: {PSEUDONYM_SECRET_ENV} is not set; mount the Secret {PSEUDONYM_SECRET_NAME} "
+            "(README, Secrets) so user ids are pseudonymised with a key"
+        )
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise StageError(f"{stage}: cannot read the pseudonym key at {path} ({exc.strerror})") from exc
+    if len(key) < MIN_PSEUDONYM_KEY_BYTES:
+        raise StageError(
+            f"{stage}: the pseudonym key at {path} has {len(key)} bytes, fewer than {MIN_PSEUDONYM_KEY_BYTES} "
+            "(make one with: openssl rand -hex 32)"
+        )
+    return key
+
+
+def user_id_hash(user_id: str | None, key: bytes) -> str | None:
+    """A pseudonymous key for "the same user" (HMAC-SHA256 under ``key``), so the raw user id is never stored.
+
+    Keyed, so that hashing a list of known user ids does not reverse it; the
+    same key gives the same pseudonym day after day, a new key new pseudonyms.
+    """
     if user_id is None:
         return None
-    return hashlib.sha256(f"user:{user_id}".encode()).hexdigest()[:16]
+    return hmac.new(key, f"user:{user_id}".encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def list_parts(source: str, stage: str) -> list[SourcePart]:

@@ -11,7 +11,9 @@ The output is normalised Parquet *without the text*: one row per valid
 conversation with its id, day, source part and line, counts and times. The
 raw text, PII included, is never copied into the run; redact re-reads the
 source parts (checking their generations are the ones validated here) and
-stores only redacted text.
+stores only redacted text. The user id is kept only as ``user_id_hash``, an
+HMAC under the key the pseudonym Secret holds (``PIPELINE_PSEUDONYM_SECRET_PATH``);
+without that key the stage fails rather than hash without one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from privacy_pipeline.conversations.schema import (
     Problem,
     SourceRecord,
     list_parts,
+    load_pseudonym_key,
     parse_conversation,
     parse_day,
     partition_day,
@@ -85,7 +88,7 @@ def _check(record: SourceRecord, config: PipelineConfig) -> Conversation | Probl
     return parsed
 
 
-def _valid_row(conversation: Conversation, record: SourceRecord, day: str) -> dict[str, Any]:
+def _valid_row(conversation: Conversation, record: SourceRecord, day: str, pseudonym_key: bytes) -> dict[str, Any]:
     timestamps = sorted(m.timestamp for m in conversation.messages)
     return {
         "conversation_id": conversation.conversation_id,
@@ -97,7 +100,7 @@ def _valid_row(conversation: Conversation, record: SourceRecord, day: str) -> di
         "chars": conversation.chars,
         "started_at": timestamps[0] if timestamps else None,
         "ended_at": timestamps[-1] if timestamps else None,
-        "user_id_hash": user_id_hash(conversation.user_id),
+        "user_id_hash": user_id_hash(conversation.user_id, pseudonym_key),
     }
 
 
@@ -117,6 +120,7 @@ QUARANTINE_COLUMNS = ["conversation_id", "source_uri", "source_index", "reason",
 def run(*, config: PipelineConfig, source: str, run_uri: str, day: str | None = None) -> StageResult:
     layout = ConversationsLayout(run_uri)
     day = _day(source, day)
+    pseudonym_key = load_pseudonym_key(STAGE)
     parts = list_parts(source, STAGE)
     records_by_part = {part.uri: read_part(part, STAGE) for part in parts}
     total = sum(len(records) for records in records_by_part.values())
@@ -144,7 +148,7 @@ def run(*, config: PipelineConfig, source: str, run_uri: str, day: str | None = 
                 )
                 continue
             first_seen[checked.conversation_id] = record.where
-            valid.append(_valid_row(checked, record, day))
+            valid.append(_valid_row(checked, record, day, pseudonym_key))
 
     reasons = Counter(row["reason"] for row in quarantined)
     limit = config.conversations.max_bad_fraction
