@@ -1,36 +1,49 @@
-"""Stages killed with SIGKILL mid-flight (spot nodes, OOM kills) leave nothing half-written, and the retry
+"""Stages killed with SIGKILL mid-write (spot nodes, OOM kills) leave nothing half-written, and the retry
 produces the same outputs as an undisturbed run.
 
 Each stage runs as its own process, as in a pod, on the bucket state an undisturbed reference run had
-before it, and is killed at several points of its run: early (imports, reads), midway and near the end,
-which for most stages is while it writes. After every kill: every visible object parses (no partial
-object) and the registry references no missing artifact. Then the retry runs to completion and writes
-what the reference run wrote (frames equal, models predicting the same, JSON equal but for timings).
+before it, and is killed by storage's fault injection (``PRIVACY_PIPELINE_KILL_AT_COMMIT``) at its first,
+middle and last commit point: the moment a write's bytes are complete but not yet visible. After every
+kill: the process died of SIGKILL at that write, the object it was writing is unchanged (absent, or
+its old bytes), every visible object parses, and the registry references no missing artifact. Then
+the retry runs to completion and writes what the reference run wrote (frames equal, models predicting
+the same, JSON equal but for timings).
+
+The processes are forked from this one after it has imported every stage, so each run skips the
+seconds of imports a fresh interpreter pays; one test runs the CLI as a fresh process with the
+environment variable set, as a pod would.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from privacy_pipeline import model_io
+from privacy_pipeline import cli, model_io, storage
 from privacy_pipeline.config import EMBEDDING_DIM
 
-CLI = [sys.executable, "-m", "privacy_pipeline.cli", "--set", "tune.c_grid=[0.01,0.1,1.0]", "--set", "tune.cv_folds=3"]
-# Fractions of a stage's undisturbed run time at which it is killed.
-KILL_POINTS = (0.2, 0.6, 0.95)
+OVERRIDES = [
+    "--set", "tune.c_grid=[0.01,0.1,1.0]", "--set", "tune.cv_folds=3",
+    "--set", "labels=[no_privacy_intent,data_deletion,opt_out]",
+]  # fmt: skip
 STAGES = ["ingest", "validate", "featurize", "split", "tune", "select", "train", "evaluate", "register"]
+# A forked stage that neither finishes nor dies in this long has hung.
+STAGE_TIMEOUT_SECONDS = 600
+KILLED_AT = re.compile(rf"{storage.KILL_AT_COMMIT_ENV}: killed at commit point (\d+), (.+)")
 
 
 def _dataset(path: Path) -> None:
@@ -46,26 +59,56 @@ def _dataset(path: Path) -> None:
 
 
 def _args(stage: str, source: Path, run: Path, registry: Path) -> list[str]:
-    config = ["--set", "labels=[no_privacy_intent,data_deletion,opt_out]"]
     if stage == "ingest":
-        return [*CLI, *config, stage, "--source", str(source), "--run", str(run)]
+        return [*OVERRIDES, stage, "--source", str(source), "--run", str(run)]
     if stage == "register":
-        return [*CLI, *config, stage, "--run", str(run), "--registry", str(registry)]
-    return [*CLI, *config, stage, "--run", str(run)]
+        return [*OVERRIDES, stage, "--run", str(run), "--registry", str(registry)]
+    return [*OVERRIDES, stage, "--run", str(run)]
 
 
-def _env(tmp: Path) -> dict[str, str]:
-    return {**os.environ, "XCOM_RETURN_PATH": str(tmp / "xcom.json"), "PIPELINE_LOG_LEVEL": "WARNING"}
+def _run_forked(args: list[str], log: Path, kill_at_commit: int | None = None) -> tuple[int, str]:
+    """Run the CLI in a child forked from this process; its wait status and its stdout+stderr."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            with open(log, "w", buffering=1) as out:
+                os.dup2(out.fileno(), 1)
+                os.dup2(out.fileno(), 2)
+                sys.stdout = sys.stderr = out
+                os.environ.update({"XCOM_RETURN_PATH": str(log.with_suffix(".xcom.json"))})
+                os.environ.pop(storage.KILL_AT_COMMIT_ENV, None)
+                if kill_at_commit is not None:
+                    os.environ[storage.KILL_AT_COMMIT_ENV] = str(kill_at_commit)
+                try:
+                    code = cli.main(["--log-level", "WARNING", *args])
+                except BaseException:
+                    traceback.print_exc()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + STAGE_TIMEOUT_SECONDS
+    while True:
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            return status, log.read_text(errors="replace")
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"{args} hung for {STAGE_TIMEOUT_SECONDS}s:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.02)
 
 
-def _run(args: list[str], env: dict[str, str]) -> float:
-    started = time.monotonic()
-    subprocess.run(args, env=env, check=True, capture_output=True)
-    return time.monotonic() - started
+def _run(args: list[str], log: Path) -> None:
+    status, output = _run_forked(args, log)
+    assert os.waitstatus_to_exitcode(status) == 0, output[-3000:]
 
 
 def _visible_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+def _contents(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in _visible_files(root)}
 
 
 def _assert_nothing_partial(run: Path, registry: Path) -> None:
@@ -88,17 +131,26 @@ def _assert_nothing_partial(run: Path, registry: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """An undisturbed run, with the bucket's state saved after every stage and each stage's run time."""
+    """An undisturbed run, with the bucket's state saved after every stage and each stage's commit count."""
+    for stage in STAGES:
+        # Imported here once, so every forked run starts with them loaded.
+        importlib.import_module(f"privacy_pipeline.stages.{stage}")
     root = tmp_path_factory.mktemp("reference")
     source = root / "raw" / "part-0000.parquet"
     _dataset(source)
-    state, seconds = root / "state", {}
+    state, commits = root / "state", {}
     (state / "run").mkdir(parents=True)
     (state / "registry").mkdir()
+    before = _contents(state)
     for stage in STAGES:
-        seconds[stage] = _run(_args(stage, source, state / "run", state / "registry"), _env(root))
+        _run(_args(stage, source, state / "run", state / "registry"), root / f"{stage}.log")
+        after = _contents(state)
+        # Every object a stage writes is new or changed (fresh folders, a new registry version), so
+        # counting them counts its commit points.
+        commits[stage] = sum(1 for name, data in after.items() if before.get(name) != data)
         shutil.copytree(state, root / f"after-{stage}")
-    return {"root": root, "source": source, "seconds": seconds}
+        before = after
+    return {"root": root, "source": source, "commits": commits}
 
 
 # Fields that measure the run itself (how long, when), not what it computed.
@@ -136,29 +188,37 @@ def _assert_same_outputs(stage: str, actual_state: Path, expected_state: Path, e
             assert _stable_json(mine, actual_state) == _stable_json(theirs, expected_written_at), f"{stage}/{name}"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stage", STAGES)
-def test_a_stage_killed_anywhere_leaves_nothing_partial_and_the_retry_matches(stage, reference, tmp_path) -> None:
-    root, source = reference["root"], reference["source"]
-    before = root / f"after-{STAGES[STAGES.index(stage) - 1]}" if stage != STAGES[0] else None
+def _state_before(stage: str, reference: dict, tmp_path: Path) -> Path:
     state = tmp_path / "state"
-    if before is None:
+    if stage == STAGES[0]:
         (state / "run").mkdir(parents=True)
         (state / "registry").mkdir()
     else:
-        shutil.copytree(before, state)
-    run, registry = state / "run", state / "registry"
+        shutil.copytree(reference["root"] / f"after-{STAGES[STAGES.index(stage) - 1]}", state)
+    return state
 
-    for point in KILL_POINTS:
-        process = subprocess.Popen(
-            _args(stage, source, run, registry), env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_killed_at_any_commit_leaves_nothing_partial_and_the_retry_matches(stage, reference, tmp_path) -> None:
+    root, source, commits = reference["root"], reference["source"], reference["commits"][stage]
+    state = _state_before(stage, reference, tmp_path)
+    run, registry = state / "run", state / "registry"
+    # The last commit point first: from the state before the stage, the count is the reference's (a
+    # rerun of register reuses its run's registry claim, one commit fewer). Then the first and middle,
+    # each a retry of the attempt before.
+    for kill_at in dict.fromkeys([commits, 1, (commits + 1) // 2]):
+        before = _contents(state)
+        status, output = _run_forked(_args(stage, source, run, registry), tmp_path / f"kill-{kill_at}.log", kill_at)
+        killed = KILLED_AT.search(output)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and killed, (
+            f"{stage} was not killed at commit point {kill_at}:\n{output[-3000:]}"
         )
-        time.sleep(reference["seconds"][stage] * point)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        target = killed.group(2)
+        assert _contents(state).get(target) == before.get(target), f"{target} changed although its write was killed"
         _assert_nothing_partial(run, registry)
 
-    _run(_args(stage, source, run, registry), _env(tmp_path))
+    _run(_args(stage, source, run, registry), tmp_path / "retry.log")
     _assert_nothing_partial(run, registry)
     _assert_same_outputs(stage, state, root / f"after-{stage}", root / "state")
     if stage == "register":
@@ -166,3 +226,26 @@ def test_a_stage_killed_anywhere_leaves_nothing_partial_and_the_retry_matches(st
         assert len(records) == 1, "a killed register left a second run record"
         result = json.loads((run / "register" / "_result.json").read_text())
         assert result["promoted"] is True and result["model_version"] == json.loads(records[0].read_text())["version"]
+
+
+@pytest.mark.slow
+def test_the_environment_variable_kills_a_fresh_cli_process_at_the_matching_write(reference, tmp_path) -> None:
+    """As a pod would run it: a new interpreter, the variable in its environment, a glob picking the write."""
+    state = _state_before("register", reference, tmp_path)
+    env = {**os.environ, storage.KILL_AT_COMMIT_ENV: "1:*/champion.json", "XCOM_RETURN_PATH": str(tmp_path / "x.json")}
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "privacy_pipeline.cli",
+            *_args("register", reference["source"], state / "run", state / "registry"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    assert KILLED_AT.search(process.stderr).group(2) == str(state / "registry" / "champion.json")
+    assert not (state / "registry" / "champion.json").exists()
+    _assert_nothing_partial(state / "run", state / "registry")

@@ -11,10 +11,12 @@ in production, an ``flock``-guarded check of the file's generation locally.
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import functools
 import io
 import json
 import os
+import signal
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -25,6 +27,30 @@ from urllib.parse import urlparse
 from privacy_pipeline.errors import StageError
 
 GCS_SCHEME = "gs://"
+
+# Fault injection for images/pipeline/tests/test_killed_stages.py. With
+# PRIVACY_PIPELINE_KILL_AT_COMMIT=N (or N:GLOB) the process SIGKILLs itself at its N-th commit
+# point (counting writes whose URI matches GLOB): the new bytes are complete but not yet visible,
+# locally the temp file written and not yet renamed, on GCS the upload not yet sent. That is the
+# moment a spot-node loss or an OOM kill can do harm, so the test kills each stage exactly there
+# instead of guessing with sleeps. Read at every write rather than once at import, so a process
+# forked after the imports can set it; unset, as in every deployment, that is one dict lookup per write.
+KILL_AT_COMMIT_ENV = "PRIVACY_PIPELINE_KILL_AT_COMMIT"
+_commit_points_passed = 0
+
+
+def _commit_point(uri: str) -> None:
+    spec = os.environ.get(KILL_AT_COMMIT_ENV)
+    if not spec:
+        return
+    global _commit_points_passed
+    ordinal, _, pattern = spec.partition(":")
+    if not fnmatch.fnmatchcase(uri, pattern or "*"):
+        return
+    _commit_points_passed += 1
+    if _commit_points_passed == int(ordinal):
+        os.write(2, f"{KILL_AT_COMMIT_ENV}: killed at commit point {ordinal}, {uri}\n".encode())
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -113,6 +139,7 @@ def read_bytes(uri: str) -> bytes:
 def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
     """Write ``data`` to ``uri`` atomically, replacing any existing object."""
     if is_gcs(uri):
+        _commit_point(uri)
         _blob(uri).upload_from_string(data, content_type=content_type)
         return
     path = _local_path(uri)
@@ -123,6 +150,7 @@ def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-st
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        _commit_point(uri)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -190,6 +218,7 @@ def compare_and_swap(uri: str, data: bytes, expected_generation: int) -> int:
         from google.api_core.exceptions import PreconditionFailed
 
         blob = _blob(uri)
+        _commit_point(uri)
         try:
             # GCS refuses the write with 412 unless the live generation is
             # still the expected one (0: no live object); the tests run this
@@ -214,6 +243,7 @@ def compare_and_swap(uri: str, data: bytes, expected_generation: int) -> int:
             # but a coarse filesystem clock could repeat the old mtime; bump it.
             new_generation = max(current + 1, tmp.stat().st_mtime_ns)
             os.utime(tmp, ns=(new_generation, new_generation))
+            _commit_point(uri)
             os.replace(tmp, path)
             return new_generation
         finally:
