@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import time
@@ -124,7 +125,24 @@ with create_session() as session:
         )
 
 
-def _cluster_manifests(emulator_host: str, gcp_credentials: str | None) -> str:
+def pseudonym_key(home: Path) -> str:
+    """The embedded stack's pseudonym key: generated once, kept in ``home`` readable by its owner only.
+
+    Kept across runs, so one user keeps one pseudonym from day to day, as with
+    the Secret a cluster mounts.
+    """
+    key_file = home / "pseudonym-key"
+    try:
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return key_file.read_text(encoding="utf-8").strip()
+    key = secrets.token_hex(32)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(key)
+    return key
+
+
+def _cluster_manifests(emulator_host: str, gcp_credentials: str | None, pseudonym: str) -> str:
     """What `kubectl apply` would create in the namespace; the local runtime resolves pod env from it."""
     config_map = {
         "apiVersion": "v1",
@@ -136,7 +154,15 @@ def _cluster_manifests(emulator_host: str, gcp_credentials: str | None) -> str:
             "PIPELINE_LOG_LEVEL": "INFO",
         },
     }
-    manifests = [config_map]
+    manifests: list[dict] = [
+        config_map,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "privacy-pipeline-pseudonym-key", "namespace": "privacy-pipeline"},
+            "stringData": {"key": pseudonym},
+        },
+    ]
     if gcp_credentials is not None:
         manifests.append(
             {
@@ -189,7 +215,11 @@ def embedded_stack(
     try:
         _wait_for_port(port, emulator)
         cluster_file = home / "cluster.yaml"
-        cluster_file.write_text(_cluster_manifests(emulator_host, gcp_credentials), encoding="utf-8")
+        # It holds Secrets (the pseudonym key): its owner alone reads it.
+        cluster_file.touch(mode=0o600)
+        cluster_file.chmod(0o600)
+        manifests = _cluster_manifests(emulator_host, gcp_credentials, pseudonym_key(home))
+        cluster_file.write_text(manifests, encoding="utf-8")
         airflow_home = home / "airflow"
         airflow_home.mkdir(exist_ok=True)
         connection = {"conn_type": "google_cloud_platform", "extra": {"is_anonymous": True, "project": PROJECT}}

@@ -95,6 +95,9 @@ class PipelineSettings(BaseSettings):
     # a file, never copied into env values. Empty when the node's identity
     # (workload identity federation) is enough.
     gcp_credentials_secret: str = "privacy-pipeline-gcp"
+    # Kubernetes Secret holding the key of user_id_hash (an HMAC) as the file
+    # "key"; mounted into conversations-validate only. Without it validate refuses.
+    pseudonym_key_secret: str = "privacy-pipeline-pseudonym-key"
     # Who runs a rendered stage pod: the cluster, this machine from the stage
     # package's venv (local), or this machine inside the built image (image).
     pod_runtime: Literal["kubernetes", "local", "image"] = "kubernetes"

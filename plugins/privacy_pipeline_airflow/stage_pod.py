@@ -29,6 +29,9 @@ BASE_CONTAINER = "base"
 IMAGE_UID = 10001
 SCRATCH_MOUNT = "/tmp"
 GCP_CREDENTIALS_MOUNT = "/var/run/secrets/gcp"
+# Only the stage that turns user ids into pseudonyms mounts the key they are made with.
+PSEUDONYMISING_STAGES = frozenset({"conversations-validate"})
+PSEUDONYM_KEY_MOUNT = "/var/run/secrets/pseudonym"
 
 RESTRICTED_CONTAINER_SECURITY = k8s.V1SecurityContext(
     allow_privilege_escalation=False,
@@ -133,10 +136,18 @@ def _volumes(settings: PipelineSettings, stage: str) -> tuple[list[k8s.V1Volume]
             )
         )
         mounts.append(k8s.V1VolumeMount(name="gcp-credentials", mount_path=GCP_CREDENTIALS_MOUNT, read_only=True))
+    if stage in PSEUDONYMISING_STAGES and settings.pseudonym_key_secret:
+        volumes.append(
+            k8s.V1Volume(
+                name="pseudonym-key",
+                secret=k8s.V1SecretVolumeSource(secret_name=settings.pseudonym_key_secret, default_mode=0o440),
+            )
+        )
+        mounts.append(k8s.V1VolumeMount(name="pseudonym-key", mount_path=PSEUDONYM_KEY_MOUNT, read_only=True))
     return volumes, mounts
 
 
-def _env(settings: PipelineSettings) -> tuple[list[k8s.V1EnvVar], list[k8s.V1EnvFromSource]]:
+def _env(settings: PipelineSettings, stage: str) -> tuple[list[k8s.V1EnvVar], list[k8s.V1EnvFromSource]]:
     env = [
         k8s.V1EnvVar(name="PIPELINE_IMAGE_TAG", value=settings.image.rpartition(":")[2] or "latest"),
         k8s.V1EnvVar(
@@ -148,6 +159,9 @@ def _env(settings: PipelineSettings) -> tuple[list[k8s.V1EnvVar], list[k8s.V1Env
         env.append(
             k8s.V1EnvVar(name="GOOGLE_APPLICATION_CREDENTIALS", value=f"{GCP_CREDENTIALS_MOUNT}/credentials.json")
         )
+    if stage in PSEUDONYMISING_STAGES and settings.pseudonym_key_secret:
+        # The path, never the key: the stage reads the mounted file.
+        env.append(k8s.V1EnvVar(name="PIPELINE_PSEUDONYM_SECRET_PATH", value=f"{PSEUDONYM_KEY_MOUNT}/key"))
     env_from = [k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=settings.env_configmap))]
     return env, env_from
 
@@ -175,7 +189,7 @@ def stage_pod_kwargs(stage: str, settings: PipelineSettings | None = None) -> di
     """Everything about a stage's pod except its arguments (shared by single and mapped tasks)."""
     settings = settings or get_settings()
     volumes, mounts = _volumes(settings, stage)
-    env, env_from = _env(settings)
+    env, env_from = _env(settings, stage)
     return {
         "name": f"privacy-{stage}",
         "namespace": settings.namespace,
