@@ -6,11 +6,17 @@ never the redactor's own detectors asked whether it did its job.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from adversarial_text import adversarial_texts, budget_seconds, fastest_of, within_budget
 from hypothesis import HealthCheck, example, given, settings
 
-from privacy_pipeline.conversations.redaction import contains_email, iban_valid, luhn_valid, redact
+from privacy_pipeline import storage
+from privacy_pipeline.config import load_config
+from privacy_pipeline.conversations.redaction import KINDS, contains_email, iban_valid, luhn_valid, redact
+from privacy_pipeline.stages import conversations_redact, conversations_validate
 
 # Seconds per 100,000 characters: about 5x the slowest adversarial input measured on a loaded CI core.
 REDACT_BUDGET_PER_100K = 5.0
@@ -146,6 +152,32 @@ def test_redaction_is_idempotent() -> None:
 def test_email_check_for_ids() -> None:
     assert contains_email("jane@example.com-ticket-7")
     assert not contains_email("conv-20261120-000042")
+
+
+def test_the_redact_stage_counts_each_kind_in_its_xcom(tmp_path: Path) -> None:
+    partition = tmp_path / "raw" / "ds=2026-11-20"
+    partition.mkdir(parents=True)
+    messages = [
+        ("user", "I'm jane@example.com, IBAN GB82 WEST 1234 5698 7654 32, ssn 123-45-6789"),
+        ("agent", "Noted. We will write to 10 Downing Street, SW1A 2AA or call 020 7946 0958."),
+        ("user", "or jim@example.org"),
+    ]
+    record = {
+        "conversation_id": "conv-1",
+        "messages": [{"role": r, "text": t, "timestamp": "2026-11-20T10:00:00Z"} for r, t in messages],
+    }
+    (partition / "part-0000.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    run_uri = str(tmp_path / "runs" / "r1")
+    config = load_config()
+    validated = conversations_validate.run(config=config, source=str(partition) + "/", run_uri=run_uri)
+    # What the CLI does after a stage returns: redact reads validate's committed result.
+    storage.write_json(validated.commit_uri, validated.payload())
+    xcom = conversations_redact.run(config=config, run_uri=run_uri).xcom
+    assert xcom["redactions"] == {
+        "email": 2, "iban": 1, "ip": 0, "card": 0, "ssn": 1, "nino": 0, "postcode": 1, "address": 1, "phone": 1,
+    }  # fmt: skip
+    assert list(xcom["redactions"]) == list(KINDS)
+    assert xcom["conversations_with_pii"] == 1
 
 
 # --- hostile text -------------------------------------------------------------

@@ -281,10 +281,5 @@ def redact(text: str) -> Redaction:
     return Redaction(text=text, counts=counts)
 
 
-def contains_pii(text: str) -> bool:
-    """Whether ``redact`` would change ``text``."""
-    return bool(redact(text).counts)
-
-
 def contains_email(text: str) -> bool:
     return bool(_EMAIL.search(text))

@@ -4,7 +4,13 @@ The user's requests are what the store is searched and tagged by, so the
 vector is all-MiniLM-L6-v2 (the training pipeline's sentence encoder, same
 model and version, recorded in the output) over the user turns joined,
 L2-normalised so inner product is cosine similarity. It is computed from
-redacted text only, so no PII can be recovered from a stored vector.
+redacted text only: the kinds conversations-redact replaces (emails, IBANs,
+IPs, cards, US SSNs, UK NI numbers, postcodes, street addresses, phone and
+other 7-15 digit numbers; conversations/redaction.py) are not in it. What
+redaction does not cover (names, addresses without a house number and street
+suffix, dates of birth, other national ids) is in the text the vector encodes,
+and a vector can leak some of what its text held, e.g. to an attacker who
+embeds guesses and compares.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """``conversations-redact``: the validated conversations with PII replaced, the only text the job stores.
 
 Re-reads the source parts validate checked (refusing if one changed since),
-takes the validated conversations, and replaces emails, phone numbers,
-card-like numbers and IPs in every message (user and agent) with
-``[EMAIL]``, ``[PHONE]``, ``[CARD]``, ``[IP]``. Everything downstream
+takes the validated conversations, and replaces in every message (user and
+agent) each kind of PII conversations/redaction.py detects (emails, IBANs,
+IPs, cards, US SSNs, UK NI numbers, postcodes, street addresses, phone
+numbers) with its placeholder (``[EMAIL]``, ``[IBAN]``, ...). The XCom's
+``redactions`` counts each kind, zeros included. Everything downstream
 (embeddings, tags, snippets, the store) is computed from this output.
 """
 
