@@ -1,4 +1,4 @@
-"""register: versioning, the promotion gate on this run's holdout, idempotent reruns, concurrent registrations.
+"""register: versioning, the paired promotion gate on this run's holdout, idempotent reruns, concurrent registrations.
 
 Each test builds real runs: tiny scikit-learn pipelines (a ColumnTransformer
 selecting feature columns by name, then a LogisticRegression) saved with
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.compose import ColumnTransformer
+from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
@@ -105,10 +106,11 @@ def _write_run(
     *,
     f1_macro: float | None = None,
     holdout: pd.DataFrame = HOLDOUT,
+    train: pd.DataFrame = TRAIN,
     embedding_columns: list[str] = EMBEDDING_COLUMNS,
     handcrafted_columns: list[str] | None = None,
 ) -> Run:
-    """A run as train and evaluate leave it: model, metrics, holdout, feature spec, manifest, commit markers."""
+    """A run as train and evaluate leave it: model, metrics, both splits, feature spec, manifest, commit markers."""
     layout = RunLayout(str(root / "runs" / name))
     if f1_macro is None:
         assert model_bytes is not None
@@ -134,9 +136,10 @@ def _write_run(
             "sentence_model_version": "0.1.0",
         },
     )
-    buffer = io.BytesIO()
-    holdout.to_parquet(buffer, index=False)
-    storage.write_bytes(layout.holdout_split, buffer.getvalue())
+    for uri, rows in ((layout.holdout_split, holdout), (layout.train_split, train)):
+        buffer = io.BytesIO()
+        rows.to_parquet(buffer, index=False)
+        storage.write_bytes(uri, buffer.getvalue())
     if model_bytes is not None:
         storage.write_bytes(layout.model, model_bytes)
     storage.write_json(layout.result("train"), {"stage": "train", "params": {"clf__C": 1.0}, "train_rows": len(TRAIN)})
@@ -253,6 +256,58 @@ def test_without_the_env_override_the_image_tag_comes_from_config(tmp_path: Path
 # --- the promotion gate --------------------------------------------------------------------------------------
 
 
+def _oracle_holdout(**designs: np.ndarray) -> pd.DataFrame:
+    """HOLDOUT plus, per named design, one-hot columns spelling the labels that design's oracle will predict."""
+    columns = {
+        f"oracle_{name}_{label}": (labels == label).astype("float32")
+        for name, labels in designs.items()
+        for label in INTENTS
+    }
+    return pd.concat([HOLDOUT, pd.DataFrame(columns)], axis=1)
+
+
+def _oracle(holdout: pd.DataFrame, name: str) -> bytes:
+    """A model that predicts exactly the labels design ``name`` spells in ``holdout``: a near-hard-margin
+    logistic regression on its one-hot columns (only trusted types, so register will load it)."""
+    columns = [f"oracle_{name}_{label}" for label in INTENTS]
+    labels = np.array(INTENTS)[holdout[columns].to_numpy().argmax(axis=1)]
+    model = Pipeline(
+        [
+            ("features", ColumnTransformer([("columns", "passthrough", columns)])),
+            ("clf", LogisticRegression(C=1e4, max_iter=2000)),
+        ]
+    ).fit(holdout[columns], labels)
+    assert (evaluate.predict(model, holdout) == labels).all()
+    return model_io.dumps(model)
+
+
+def _commonest() -> bytes:
+    """ "Always the commonest training class", as a fitted model."""
+    model = Pipeline(
+        [
+            ("features", ColumnTransformer([("columns", "passthrough", EMBEDDING_COLUMNS)])),
+            ("clf", DummyClassifier(strategy="most_frequent")),
+        ]
+    )
+    return model_io.dumps(model.fit(TRAIN[EMBEDDING_COLUMNS], TRAIN["label"]))
+
+
+# The holdout rows an oracle gets wrong, in a fixed order spread over the classes.
+ERROR_ORDER = np.random.default_rng(5).permutation(len(HOLDOUT))
+
+
+def _labels_with_errors(rows: np.ndarray) -> np.ndarray:
+    """HOLDOUT's labels, except ``rows``, which get the next intent's label."""
+    labels = HOLDOUT["label"].to_numpy().copy()
+    labels[rows] = [INTENTS[(INTENTS.index(label) + 1) % len(INTENTS)] for label in labels[rows]]
+    return labels
+
+
+def _register(tmp_path: Path, registry_uri: str, name: str, model_bytes: bytes, **run: Any) -> dict:
+    written = _write_run(tmp_path, name, model_bytes, **run)
+    return register.run(config=CONFIG, run_uri=written.uri, registry_uri=registry_uri).xcom
+
+
 def test_a_worse_model_is_registered_but_not_promoted(
     tmp_path: Path, registry_uri: str, models, champion_run: dict
 ) -> None:
@@ -260,7 +315,9 @@ def test_a_worse_model_is_registered_but_not_promoted(
     xcom = register.run(config=CONFIG, run_uri=run.uri, registry_uri=registry_uri).xcom
 
     assert xcom["promoted"] is False
-    assert xcom["decision_reason"].startswith("not better: holdout macro-F1")
+    assert xcom["decision_reason"].startswith("not promoted: -")
+    assert xcom["decision_reason"].endswith("is below 0: worse")
+    assert xcom["difference_interval"][1] < 0
     assert xcom["champion_version"] == champion_run["model_version"]
     assert xcom["champion_f1_macro"] == pytest.approx(champion_run["candidate_f1_macro"])
     assert xcom["candidate_f1_macro"] < xcom["champion_f1_macro"]
@@ -268,6 +325,7 @@ def test_a_worse_model_is_registered_but_not_promoted(
     assert storage.exists(RegistryLayout(registry_uri).model(xcom["model_version"]))
     record = storage.read_json(RegistryLayout(registry_uri).run_record(xcom["model_version"]))
     assert record["promoted"] is False and record["champion_before"] == champion_run["model_version"]
+    assert record["gate"]["difference"] == pytest.approx(xcom["f1_macro_difference"])
 
 
 def test_a_better_model_is_promoted_and_remembers_the_previous_champion(
@@ -279,28 +337,118 @@ def test_a_better_model_is_promoted_and_remembers_the_previous_champion(
 
     assert xcom["promoted"] is True
     assert xcom["champion_version"] == xcom["model_version"]
-    assert xcom["candidate_f1_macro"] > xcom["champion_f1_macro"] + CONFIG.register_.promotion_margin
+    assert xcom["difference_interval"][0] > CONFIG.register_.promotion_margin
+    assert xcom["f1_macro_difference"] == pytest.approx(xcom["candidate_f1_macro"] - xcom["champion_f1_macro"])
     champion = registry.champion(registry_uri)
     assert champion["version"] == xcom["model_version"]
     assert champion["previous_version"] == champion_run["model_version"]
-    assert result.summary == (
-        f"register: {xcom['model_version']} promoted to champion (holdout macro-F1 "
-        f"{xcom['candidate_f1_macro']:.3f} vs champion {xcom['champion_f1_macro']:.3f} + margin 0.005)"
+    assert champion["action"] == "promote" and champion["reason"] == xcom["decision_reason"]
+    assert result.summary == f"register: {xcom['model_version']} promoted to champion ({xcom['decision_reason']})"
+    assert xcom["decision_reason"].startswith(
+        f"promoted: +0.269 macro-F1 over champion {champion_run['model_version']}"
     )
 
 
-@pytest.mark.parametrize(("lead", "promoted"), [(0.004, False), (0.006, True)], ids=["within-margin", "beyond"])
-def test_the_candidate_must_beat_the_champion_by_the_margin(
-    tmp_path: Path, registry_uri: str, models, champion_run: dict, lead: float, promoted: bool
+def test_a_candidate_better_by_one_holdout_message_is_refused(tmp_path: Path, registry_uri: str) -> None:
+    holdout = _oracle_holdout(
+        champion=_labels_with_errors(ERROR_ORDER[:21]), candidate=_labels_with_errors(ERROR_ORDER[:20])
+    )
+    champion = _register(tmp_path, registry_uri, "champion", _oracle(holdout, "champion"), holdout=holdout)
+    xcom = _register(tmp_path, registry_uri, "one-better", _oracle(holdout, "candidate"), holdout=holdout)
+    print(xcom["decision_reason"])
+
+    # The lead is real and above the margin the old gate compared it with, yet it is one message.
+    assert xcom["f1_macro_difference"] > CONFIG.register_.promotion_margin
+    assert xcom["promoted"] is False
+    low, high = xcom["difference_interval"]
+    assert low <= 0.0 < high
+    assert xcom["decision_reason"] == (
+        f"not promoted: {xcom['f1_macro_difference']:+.3f} macro-F1 over champion {champion['model_version']} "
+        f"on 150 holdout rows, 95% interval [{low:+.3f}, {high:+.3f}] includes 0"
+    )
+    assert registry.champion(registry_uri)["version"] == champion["model_version"]
+
+
+def test_a_clearly_better_candidate_is_promoted_and_its_interval_reported(tmp_path: Path, registry_uri: str) -> None:
+    holdout = _oracle_holdout(
+        champion=_labels_with_errors(ERROR_ORDER[:60]), candidate=_labels_with_errors(ERROR_ORDER[:5])
+    )
+    champion = _register(tmp_path, registry_uri, "champion", _oracle(holdout, "champion"), holdout=holdout)
+    xcom = _register(tmp_path, registry_uri, "much-better", _oracle(holdout, "candidate"), holdout=holdout)
+    print(xcom["decision_reason"])
+
+    assert xcom["promoted"] is True
+    low, high = xcom["difference_interval"]
+    assert CONFIG.register_.promotion_margin < low < xcom["f1_macro_difference"] < high
+    assert f"95% interval [{low:+.3f}, {high:+.3f}]" in xcom["decision_reason"]
+    assert xcom["compared_rows"] == len(HOLDOUT) and xcom["excluded_rows"] == 0
+    assert registry.champion(registry_uri)["previous_version"] == champion["model_version"]
+
+
+def test_holdout_rows_the_champion_trained_on_are_excluded_and_counted(tmp_path: Path, registry_uri: str) -> None:
+    # The champion's training split held every other row of the candidate's holdout.
+    holdout = _oracle_holdout(
+        champion=_labels_with_errors(ERROR_ORDER[:40]), candidate=_labels_with_errors(ERROR_ORDER[:5])
+    )
+    seen, unseen = holdout.iloc[::2], holdout.iloc[1::2]
+    champion_model = _oracle(holdout, "champion")
+    champion_train = pd.concat([TRAIN, seen[TRAIN.columns]])
+    champion = _register(tmp_path, registry_uri, "champion", champion_model, holdout=holdout, train=champion_train)
+    xcom = _register(tmp_path, registry_uri, "candidate", _oracle(holdout, "candidate"), holdout=holdout)
+    print(xcom["decision_reason"])
+
+    assert xcom["excluded_rows"] == len(seen)
+    assert xcom["compared_rows"] == len(unseen)
+    assert (
+        f"{len(seen)} of {len(HOLDOUT)} holdout rows left out: champion {champion['model_version']} trained on them"
+        in (xcom["decision_reason"])
+    )
+    # The champion's score is on the rows it never saw, scored by evaluate's own code.
+    assert xcom["champion_f1_macro"] == pytest.approx(_score(model_io.loads(champion_model, source="champion"), unseen))
+    record = storage.read_json(RegistryLayout(registry_uri).run_record(xcom["model_version"]))
+    assert record["excluded_rows"] == len(seen) and record["gate"]["rows"] == len(unseen)
+
+
+def test_too_few_rows_the_champion_never_saw_is_no_comparison_and_no_promotion(
+    tmp_path: Path, registry_uri: str
 ) -> None:
-    # The champion's model again, with metrics claiming a lead of `lead` over its holdout score.
-    champion_score = champion_run["candidate_f1_macro"]
-    run = _write_run(tmp_path, "close", models[2], f1_macro=champion_score + lead)
-    xcom = register.run(config=_config(promotion_margin=0.005), run_uri=run.uri, registry_uri=registry_uri).xcom
-    assert xcom["champion_f1_macro"] == pytest.approx(champion_score)
-    assert xcom["promoted"] is promoted
-    expected_champion = xcom["model_version"] if promoted else champion_run["model_version"]
-    assert registry.champion(registry_uri)["version"] == expected_champion
+    # The champion trained on all but 10 of the candidate's holdout rows, and got those 10 wrong.
+    wrong = ERROR_ORDER[:10]
+    holdout = _oracle_holdout(champion=_labels_with_errors(wrong), candidate=HOLDOUT["label"].to_numpy())
+    champion_train = pd.concat([TRAIN, HOLDOUT.drop(index=wrong)])
+    champion_model = _oracle(holdout, "champion")
+    champion = _register(tmp_path, registry_uri, "champion", champion_model, holdout=holdout, train=champion_train)
+    xcom = _register(tmp_path, registry_uri, "candidate", _oracle(holdout, "candidate"), holdout=holdout)
+
+    assert xcom["promoted"] is False
+    assert xcom["excluded_rows"] == len(HOLDOUT) - 10
+    assert xcom["decision_reason"].startswith(
+        f"not promoted: only 10 of {len(HOLDOUT)} holdout rows were never trained on by champion "
+        f"{champion['model_version']} ({len(HOLDOUT) - 10} excluded), fewer than register.min_comparable_rows=30"
+    )
+    assert registry.champion(registry_uri)["version"] == champion["model_version"]
+
+
+def test_a_first_model_that_only_predicts_the_commonest_class_is_not_promoted(
+    tmp_path: Path, registry_uri: str
+) -> None:
+    xcom = _register(tmp_path, registry_uri, "commonest", _commonest())
+    print(xcom["decision_reason"])
+
+    assert xcom["promoted"] is False
+    assert xcom["decision_reason"].startswith(
+        "first model: not promoted: +0.000 macro-F1 over the majority-class baseline (always consent_withdrawal)"
+    )
+    assert xcom["champion_version"] is None and registry.champion(registry_uri) is None
+
+
+def test_a_first_model_is_promoted_only_with_the_interval_above_the_baseline_margin(
+    tmp_path: Path, registry_uri: str, models
+) -> None:
+    xcom = _register(tmp_path, registry_uri, "first", models[0])
+    assert xcom["promoted"] is True
+    assert xcom["compared_against"] == "the majority-class baseline (always consent_withdrawal)"
+    assert xcom["difference_interval"][0] > CONFIG.register_.baseline_margin
 
 
 def test_a_tie_is_not_promoted_even_without_a_margin(
@@ -309,6 +457,7 @@ def test_a_tie_is_not_promoted_even_without_a_margin(
     run = _write_run(tmp_path, "tie", models[2])
     xcom = register.run(config=_config(promotion_margin=0.0), run_uri=run.uri, registry_uri=registry_uri).xcom
     assert xcom["candidate_f1_macro"] == pytest.approx(xcom["champion_f1_macro"])
+    assert xcom["difference_interval"] == [0.0, 0.0]
     assert xcom["promoted"] is False
 
 
@@ -321,7 +470,7 @@ def test_promotion_disabled_keeps_the_champion_but_still_reports_the_comparison(
     xcom = result.xcom
 
     assert xcom["promoted"] is False
-    assert xcom["decision_reason"].startswith("promotion disabled")
+    assert xcom["decision_reason"].startswith("promotion disabled by register.promote=false; promoted: +")
     assert xcom["champion_f1_macro"] == pytest.approx(champion_run["candidate_f1_macro"])
     assert xcom["champion_version"] == champion_run["model_version"]
     assert storage.read_bytes(RegistryLayout(registry_uri).champion) == champion_before
@@ -332,42 +481,62 @@ def test_promotion_disabled_on_an_empty_registry_names_no_champion(tmp_path: Pat
     run = _write_run(tmp_path, "first", models[0])
     xcom = register.run(config=_config(promote=False), run_uri=run.uri, registry_uri=registry_uri).xcom
     assert xcom["promoted"] is False
+    assert "there is no champion yet" in xcom["decision_reason"]
     assert xcom["champion_version"] is None
     assert registry.champion(registry_uri) is None
     assert [r["version"] for r in registry.list_runs(registry_uri)] == [xcom["model_version"]]
 
 
-def test_a_champion_that_cannot_be_scored_on_this_holdout_is_kept(tmp_path: Path, registry_uri: str, models) -> None:
-    # The champion was trained with a handcrafted column this run's holdout no longer has.
+def _old_spec_champion(tmp_path: Path, registry_uri: str) -> dict:
+    """A champion trained with a handcrafted column the later runs' holdouts no longer have."""
     columns = EMBEDDING_COLUMNS + HANDCRAFTED_COLUMNS
-    old = _write_run(
-        tmp_path, "old-spec", model_io.dumps(_model(0.0, columns)), handcrafted_columns=HANDCRAFTED_COLUMNS
+    return _register(
+        tmp_path,
+        registry_uri,
+        "old-spec",
+        model_io.dumps(_model(0.0, columns)),
+        handcrafted_columns=HANDCRAFTED_COLUMNS,
     )
-    old_xcom = register.run(config=CONFIG, run_uri=old.uri, registry_uri=registry_uri).xcom
-    champion_before = storage.read_bytes(RegistryLayout(registry_uri).champion)
 
-    run = _write_run(tmp_path, "new-spec", models[0], holdout=HOLDOUT.drop(columns=HANDCRAFTED_COLUMNS))
-    xcom = register.run(config=CONFIG, run_uri=run.uri, registry_uri=registry_uri).xcom
 
-    assert xcom["promoted"] is False
-    assert "cannot be scored on this run's holdout" in xcom["decision_reason"]
-    assert "feature-spec mismatch" in xcom["decision_reason"] and "hc_length" in xcom["decision_reason"]
+def test_a_champion_that_cannot_be_scored_here_does_not_block_a_candidate_that_clears_the_floor(
+    tmp_path: Path, registry_uri: str, models
+) -> None:
+    old = _old_spec_champion(tmp_path, registry_uri)
+    xcom = _register(tmp_path, registry_uri, "new-spec", models[0], holdout=HOLDOUT.drop(columns=HANDCRAFTED_COLUMNS))
+
+    assert xcom["promoted"] is True
+    reason = xcom["decision_reason"]
+    assert reason.startswith(f"champion {old['model_version']} cannot be scored on this run's holdout (feature-spec")
+    assert "hc_length" in reason and "judged against the first-model floor instead: promoted: +" in reason
+    assert xcom["compared_against"].startswith("the majority-class baseline")
     assert xcom["champion_f1_macro"] is None
-    assert xcom["champion_version"] == old_xcom["model_version"]
-    assert storage.read_bytes(RegistryLayout(registry_uri).champion) == champion_before
+    assert registry.champion(registry_uri)["previous_version"] == old["model_version"]
 
 
-def test_a_champion_whose_model_fails_to_score_is_kept(tmp_path: Path, registry_uri: str, models) -> None:
-    old = _write_run(tmp_path, "old", models[2])
-    old_version = register.run(config=CONFIG, run_uri=old.uri, registry_uri=registry_uri).xcom["model_version"]
-    # Its model file is corrupt: loading it fails, which is a reason to keep it, not to crash.
-    storage.write_bytes(RegistryLayout(registry_uri).model(old_version), b"not a skops file")
-
-    run = _write_run(tmp_path, "new", models[0])
-    xcom = register.run(config=CONFIG, run_uri=run.uri, registry_uri=registry_uri).xcom
+def test_a_champion_that_cannot_be_scored_here_is_kept_when_the_candidate_fails_the_floor(
+    tmp_path: Path, registry_uri: str
+) -> None:
+    old = _old_spec_champion(tmp_path, registry_uri)
+    xcom = _register(
+        tmp_path, registry_uri, "new-spec", _commonest(), holdout=HOLDOUT.drop(columns=HANDCRAFTED_COLUMNS)
+    )
     assert xcom["promoted"] is False
-    assert f"champion {old_version} cannot be scored" in xcom["decision_reason"]
-    assert registry.champion(registry_uri)["version"] == old_version
+    assert "judged against the first-model floor instead: not promoted:" in xcom["decision_reason"]
+    assert registry.champion(registry_uri)["version"] == old["model_version"]
+
+
+def test_a_champion_whose_model_fails_to_score_is_judged_by_the_floor(
+    tmp_path: Path, registry_uri: str, models
+) -> None:
+    old = _register(tmp_path, registry_uri, "old", models[2])
+    # Its model file is corrupt: loading it fails, which is a reason to judge on the floor, not to crash.
+    storage.write_bytes(RegistryLayout(registry_uri).model(old["model_version"]), b"not a skops file")
+
+    xcom = _register(tmp_path, registry_uri, "new", models[0])
+    assert xcom["promoted"] is True
+    assert f"champion {old['model_version']} cannot be scored" in xcom["decision_reason"]
+    assert registry.champion(registry_uri)["version"] == xcom["model_version"]
 
 
 # --- reruns and the registry of runs -------------------------------------------------------------------------

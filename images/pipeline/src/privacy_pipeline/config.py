@@ -104,8 +104,17 @@ class TrainConfig(_Section):
 
 
 class RegisterConfig(_Section):
-    # A candidate must beat the champion's holdout macro-F1 by this much.
+    # The lower bound of the paired bootstrap interval of (candidate - champion)
+    # holdout macro-F1 must be above this.
     promotion_margin: float = Field(default=0.005, ge=0.0)
+    # Without a usable champion, the same test against "always the commonest
+    # training class": a first model must beat it by at least this much.
+    baseline_margin: float = Field(default=0.05, ge=0.0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    n_resamples: int = Field(default=2000, ge=100)
+    # Fewer holdout rows than this left once the champion's training rows are
+    # excluded: no comparison, no promotion.
+    min_comparable_rows: int = Field(default=30, gt=0)
     promote: bool = True
     image_tag: str = "local"
 
@@ -169,10 +178,15 @@ class PipelineConfig(_Section):
         fold keeps (folds - 1) / folds of the rest; SMOTE needs k_neighbors + 1
         rows of a class inside every training fold.
         """
+        needed_in_train = self.min_train_rows_per_class
+        return max(needed_in_train + 1, math.ceil(needed_in_train / (1.0 - self.split.holdout_fraction)))
+
+    @property
+    def min_train_rows_per_class(self) -> int:
+        """Training rows a class needs so that every stratified CV training fold has k_neighbors + 1 for SMOTE."""
         folds = self.tune.cv_folds
         needed_in_fold = self.smote.k_neighbors + 1 if self.smote.enabled else 1
-        needed_in_train = max(folds, math.ceil(needed_in_fold * folds / (folds - 1)))
-        return max(needed_in_train + 1, math.ceil(needed_in_train / (1.0 - self.split.holdout_fraction)))
+        return max(folds, math.ceil(needed_in_fold * folds / (folds - 1)))
 
 
 def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:

@@ -4,14 +4,20 @@ Layout under the registry prefix (local path, ``file://`` or ``gs://``)::
 
     models/<version>/model.skops     the run's fitted pipeline, byte for byte
     models/<version>/metadata.json   lineage: run, params, metrics, data hash, feature spec, config, image
-    runs/<version>.json              one record per run, with its promotion decision
+    models/<version>/train_fingerprint.npy  sorted 64-bit hashes of its training rows' content (promotion_gate)
+    runs/<version>.json              one record per run, with its promotion decision and the gate's interval
     by-run/<key>.json                run URI -> version, so a rerun reuses its version
     champion.json                    the pointer to the model that serves; moved only by compare-and-swap
+    history/<generation>.json        every champion move (promotion or rollback): who, when, why, from what
 
 Writers keep the registry consistent for readers by their order: the by-run
 index, then the model and its metadata, then the run record, and the champion
-pointer last, so nothing ever points at a missing artifact. The register stage
-writes; the daily conversations job reads ``champion`` / ``champion_model_uri``.
+pointer last, so nothing ever points at a missing artifact. The register and
+rollback stages write; the daily conversations job and the model server read
+``champion`` / ``champion_model_uri``. A history entry is written right after
+the swap it records, named by the pointer's new generation so entries sort in
+the order the moves happened; the pointer itself carries the same who/when/why,
+so a writer that dies between the two loses no more than that one entry.
 """
 
 from __future__ import annotations
@@ -51,6 +57,16 @@ class RegistryLayout:
 
     def metadata(self, version: str) -> str:
         return self.path("models", version, "metadata.json")
+
+    def train_fingerprint(self, version: str) -> str:
+        return self.path("models", version, "train_fingerprint.npy")
+
+    @property
+    def history_dir(self) -> str:
+        return self.path("history")
+
+    def history_entry(self, generation: int) -> str:
+        return self.path("history", f"{generation:020d}.json")
 
     @property
     def runs_dir(self) -> str:
@@ -173,6 +189,31 @@ def list_runs(registry_uri: str) -> list[dict[str, Any]]:
     return sorted(records, key=lambda record: str(record["version"]))
 
 
+def read_run_record(registry_uri: str, version: str) -> dict[str, Any] | None:
+    """The run record of ``version``, or None when no such model was registered."""
+    uri = RegistryLayout(registry_uri).run_record(version)
+    if not storage.exists(uri):
+        return None
+    record = storage.read_json(uri)
+    if not isinstance(record, dict) or record.get("version") != version:
+        raise StageError(f"registry: {uri} is not the run record of {version}")
+    return record
+
+
+def champion_history(registry_uri: str) -> list[dict[str, Any]]:
+    """Every recorded champion move, oldest first (each entry is the pointer the move wrote)."""
+    entries = []
+    for uri in storage.list_uris(RegistryLayout(registry_uri).history_dir):
+        if not uri.endswith(".json"):
+            continue
+        entry = storage.read_json(uri)
+        if not isinstance(entry, dict) or not entry.get("version"):
+            raise StageError(f"registry: {uri} is not a champion history entry (no 'version')")
+        entries.append(entry)
+    # Names are zero-padded generations, so the listing order is the order of the moves.
+    return entries
+
+
 def cas_update_champion(
     registry_uri: str,
     decide: Callable[[dict[str, Any] | None], dict[str, Any] | None],
@@ -197,10 +238,12 @@ def cas_update_champion(
                 return snapshot.pointer
         else:
             try:
-                storage.compare_and_swap(uri, json_bytes(new_pointer), snapshot.generation)
-                return new_pointer
+                generation = storage.compare_and_swap(uri, json_bytes(new_pointer), snapshot.generation)
             except storage.GenerationMismatch:
                 pass
+            else:
+                storage.write_json(RegistryLayout(registry_uri).history_entry(generation), new_pointer)
+                return new_pointer
         log.info("champion pointer %s moved while deciding (attempt %d); re-reading and re-deciding", uri, attempt)
     raise StageError(
         f"registry: the champion pointer {uri} kept moving under concurrent registrations; "

@@ -63,6 +63,11 @@ def _model_inputs(model: Any, holdout: pd.DataFrame, needed_by: str) -> pd.DataF
     return holdout[wanted]
 
 
+def predict(model: Any, holdout: pd.DataFrame, needed_by: str = STAGE) -> np.ndarray:
+    """The model's label for every holdout row, as strings: what register's paired comparison scores."""
+    return np.asarray(model.predict(_model_inputs(model, holdout, needed_by))).astype(str)
+
+
 def _probabilities(model: Any, inputs: pd.DataFrame, labels: list[str]) -> np.ndarray:
     """predict_proba with one column per label in ``labels`` order; a class the model never saw scores 0."""
     proba = model.predict_proba(inputs)

@@ -5,10 +5,15 @@ missing or broken input leaves the registry untouched. Then, in the order that
 keeps readers safe: the by-run index (the version), the model and its metadata,
 the run record with the decision, and last the champion pointer.
 
-The promotion gate is judged on this run's holdout: the current champion is
-loaded and scored on it, and the candidate must beat that score by
-``register.promotion_margin``. A champion that cannot be scored on this
-holdout (another feature spec) is kept, and the run record says why.
+The promotion gate (``promotion_gate``) is judged on this run's holdout: the
+current champion is loaded and scored on the holdout rows it never trained on
+(its training fingerprint says which), and the candidate is promoted only when
+the paired bootstrap interval of the macro-F1 difference lies above
+``register.promotion_margin``. With no champion, or one that cannot be scored
+on this holdout (another feature spec, a model that no longer loads), the
+candidate must clear the majority-class baseline by ``register.baseline_margin``
+with the same test instead, and the reason says why: a champion is never kept
+only because it could not be compared.
 """
 
 from __future__ import annotations
@@ -20,15 +25,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 
 import privacy_pipeline
-from privacy_pipeline import registry, storage
+from privacy_pipeline import model_io, promotion_gate, registry, storage
 from privacy_pipeline.config import PipelineConfig, config_as_dict
 from privacy_pipeline.errors import StageError
+from privacy_pipeline.promotion_gate import PairedComparison
 from privacy_pipeline.registry import RegistryLayout
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.stage_result import StageResult
+from privacy_pipeline.stages import evaluate, split
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,11 @@ class RunInputs:
     manifest: dict[str, Any]
     train_result: dict[str, Any]
     holdout: pd.DataFrame
+    # The candidate's label for every holdout row, and what the gate needs to judge it.
+    candidate_predictions: np.ndarray
+    holdout_content_keys: np.ndarray
+    train_fingerprint: np.ndarray
+    majority_label: str
     # Stage pods that died on an earlier try of this run, by task (written by the Airflow side).
     pod_failures: dict[str, Any]
 
@@ -55,10 +68,14 @@ class RunInputs:
 class Decision:
     promoted: bool
     reason: str
-    # The champion the candidate was judged against, and its score on this
-    # run's holdout (None when there was none, or it could not be scored).
+    # The champion the candidate was judged against, and its score on the
+    # holdout rows it never trained on (None when there was none, or it could not be scored).
     champion_before: str | None
     champion_f1_macro: float | None
+    # The paired comparison the decision rests on (None when there was none to make).
+    comparison: PairedComparison | None = None
+    # Holdout rows left out because the champion trained on them.
+    excluded_rows: int = 0
 
 
 def run(*, config: PipelineConfig, run_uri: str, registry_uri: str) -> StageResult:
@@ -72,6 +89,7 @@ def run(*, config: PipelineConfig, run_uri: str, registry_uri: str) -> StageResu
     reg = RegistryLayout(registry_uri)
     storage.write_bytes(reg.model(version), inputs.model_bytes)
     storage.write_json(reg.metadata(version), _metadata(config, run_uri, registration, inputs))
+    storage.write_bytes(reg.train_fingerprint(version), promotion_gate.fingerprint_bytes(inputs.train_fingerprint))
     log.info("registered %s as version %s at %s", run_uri, version, reg.model_dir(version))
 
     judge = _ChampionJudge(config, reg, inputs)
@@ -100,6 +118,9 @@ def run(*, config: PipelineConfig, run_uri: str, registry_uri: str) -> StageResu
             "run_uri": run_uri,
             "promoted_at": registry.timestamp(datetime.now(UTC)),
             "previous_version": current.get("version") if current else None,
+            "action": "promote",
+            "by": "register",
+            "reason": decision.reason,
         }
 
     champion_after = registry.cas_update_champion(registry_uri, decide)
@@ -120,6 +141,7 @@ def run(*, config: PipelineConfig, run_uri: str, registry_uri: str) -> StageResu
             "candidate_f1_macro": inputs.candidate_f1_macro,
             "champion_f1_macro": decision.champion_f1_macro,
             "champion_version": champion_version,
+            **_gate_fields(decision),
         },
         commit_uri=layout.result(STAGE),
     )
@@ -136,13 +158,18 @@ def _read_run_inputs(layout: RunLayout, train_result: dict[str, Any]) -> RunInpu
     manifest = _read_json_object(
         layout.ingest_manifest, f"run {run_uri} has no ingest manifest (data lineage)", "rerun ingest"
     )
-    holdout_bytes = _read_required(layout.holdout_split, f"run {run_uri} has no holdout split", "rerun split")
+    holdout = _read_split(layout.holdout_split, f"run {run_uri} has no holdout split")
+    train = _read_split(layout.train_split, f"run {run_uri} has no training split")
+    candidate = model_io.loads(model_bytes, source=layout.model)
     try:
-        holdout = pd.read_parquet(io.BytesIO(holdout_bytes))
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise StageError(f"{STAGE}: {layout.holdout_split} is not a readable Parquet file ({exc})") from exc
-    if holdout.empty or "label" not in holdout.columns:
-        raise StageError(f"{STAGE}: {layout.holdout_split} has no rows or no 'label' column; rerun split")
+        content_keys = {
+            name: split.group_keys(rows, feature_spec) for name, rows in (("train", train), ("holdout", holdout))
+        }
+    except KeyError as exc:
+        raise StageError(
+            f"{STAGE}: the training or holdout split of {run_uri} lacks column {exc} named by its feature spec; "
+            "rerun featurize and split"
+        ) from exc
     return RunInputs(
         model_bytes=model_bytes,
         metrics=metrics,
@@ -151,8 +178,23 @@ def _read_run_inputs(layout: RunLayout, train_result: dict[str, Any]) -> RunInpu
         manifest=manifest,
         train_result=train_result,
         holdout=holdout,
+        candidate_predictions=evaluate.predict(candidate, holdout, needed_by=STAGE),
+        holdout_content_keys=content_keys["holdout"],
+        train_fingerprint=promotion_gate.fingerprint(content_keys["train"]),
+        majority_label=str(evaluate.majority_baseline(train["label"], holdout["label"])["predicts"]),
         pod_failures=_pod_failures(layout),
     )
+
+
+def _read_split(uri: str, problem: str) -> pd.DataFrame:
+    data = _read_required(uri, problem, "rerun split")
+    try:
+        rows = pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise StageError(f"{STAGE}: {uri} is not a readable Parquet file ({exc})") from exc
+    if rows.empty or "label" not in rows.columns:
+        raise StageError(f"{STAGE}: {uri} has no rows or no 'label' column; rerun split")
+    return rows
 
 
 def _pod_failures(layout: RunLayout) -> dict[str, Any]:
@@ -232,65 +274,132 @@ def _run_record(
         "champion_before": decision.champion_before,
         "champion_f1_macro": decision.champion_f1_macro,
         "promotion_margin": config.register_.promotion_margin,
+        "baseline_margin": config.register_.baseline_margin,
         "promote_enabled": config.register_.promote,
         "promoted": decision.promoted,
         "decision_reason": decision.reason,
         "champion_version": champion_after,
+        "gate": decision.comparison.as_dict() if decision.comparison else None,
+        "excluded_rows": decision.excluded_rows,
         "image_tag": _image_tag(config),
         "pod_failures": inputs.pod_failures,
     }
 
 
+def _gate_fields(decision: Decision) -> dict[str, Any]:
+    """The comparison behind the decision, flat for XCom: difference, interval and what it was against."""
+    comparison = decision.comparison
+    return {
+        "compared_against": comparison.against if comparison else None,
+        "compared_rows": comparison.rows if comparison else None,
+        "f1_macro_difference": comparison.difference if comparison else None,
+        "difference_interval": list(comparison.interval) if comparison else None,
+        "excluded_rows": decision.excluded_rows,
+    }
+
+
+@dataclass(frozen=True)
+class _ChampionOnHoldout:
+    """The champion's labels for this holdout, and which rows it trained on."""
+
+    predictions: np.ndarray
+    trained_on: np.ndarray
+    note: str
+
+
+DISABLED = "promotion disabled by register.promote=false"
+
+
 class _ChampionJudge:
-    """Decides promotion against a given champion; remembers scores so a re-decision only scores new champions."""
+    """Decides promotion against a given champion; remembers its predictions so a re-decision only scores new ones."""
 
     def __init__(self, config: PipelineConfig, reg: RegistryLayout, inputs: RunInputs) -> None:
         self._config = config
         self._reg = reg
         self._inputs = inputs
-        self._scores: dict[str, float | str] = {}
+        self._truth = inputs.holdout["label"].astype(str).to_numpy()
+        self._champions: dict[str, _ChampionOnHoldout | str] = {}
 
     def decide(self, current: dict[str, Any] | None, version: str) -> Decision:
-        enabled = self._config.register_.promote
-        margin = self._config.register_.promotion_margin
-        candidate = self._inputs.candidate_f1_macro
         if current is None:
-            if not enabled:
-                return Decision(
-                    False, "promotion disabled by register.promote=false; there is no champion yet", None, None
-                )
-            return Decision(True, f"first model, holdout macro-F1 {candidate:.3f}", None, None)
+            return self._against_baseline(None, "first model")
         champion_version = str(current["version"])
         if champion_version == version:
             # A rerun of the run that is already champion: nothing to move.
-            return Decision(True, "already the champion: a rerun of this run", version, candidate)
-
-        score = self._champion_score(current)
-        if isinstance(score, str):
-            reason = f"champion {champion_version} cannot be scored on this run's holdout, kept it: {score}"
-            if not enabled:
-                reason = f"promotion disabled by register.promote=false; {reason}"
-            return Decision(False, reason, champion_version, None)
-        comparison = f"holdout macro-F1 {candidate:.3f} vs champion {score:.3f} + margin {margin:.3f}"
-        if not enabled:
-            return Decision(
-                False, f"promotion disabled by register.promote=false; {comparison}", champion_version, score
+            return Decision(True, "already the champion: a rerun of this run", version, self._inputs.candidate_f1_macro)
+        if champion_version not in self._champions:
+            self._champions[champion_version] = self._champion_on_holdout(champion_version, str(current["model_uri"]))
+        champion = self._champions[champion_version]
+        if isinstance(champion, str):
+            return self._against_baseline(
+                champion_version,
+                f"champion {champion_version} cannot be scored on this run's holdout ({champion}), "
+                "so the candidate is judged against the first-model floor instead",
             )
-        if candidate > score + margin:
-            return Decision(True, comparison, champion_version, score)
-        return Decision(False, f"not better: {comparison}", champion_version, score)
+        return self._against_champion(champion_version, champion)
 
-    def _champion_score(self, current: dict[str, Any]) -> float | str:
-        """The champion's macro-F1 on this holdout, or why it cannot be scored here."""
-        champion_version = str(current["version"])
-        if champion_version not in self._scores:
-            self._scores[champion_version] = self._score(champion_version, str(current["model_uri"]))
-        return self._scores[champion_version]
+    def _comparison(self, rows: np.ndarray, reference: np.ndarray, against: str) -> PairedComparison:
+        settings = self._config.register_
+        return promotion_gate.paired_bootstrap(
+            self._truth[rows],
+            self._inputs.candidate_predictions[rows],
+            reference[rows],
+            against=against,
+            n_resamples=settings.n_resamples,
+            confidence=settings.confidence,
+            seed=self._config.seed,
+        )
 
-    def _score(self, champion_version: str, model_uri: str) -> float | str:
-        from privacy_pipeline import model_io
-        from privacy_pipeline.stages import evaluate
+    def _finish(self, promoted: bool, reason: str, champion_version: str | None, **details: Any) -> Decision:
+        if not self._config.register_.promote:
+            promoted, reason = False, f"{DISABLED}; {reason}"
+        return Decision(promoted, reason, champion_version, **details)
 
+    def _against_baseline(self, champion_version: str | None, preface: str) -> Decision:
+        majority = self._inputs.majority_label
+        everything = np.ones(len(self._truth), dtype=bool)
+        baseline = np.full(len(self._truth), majority)
+        comparison = self._comparison(everything, baseline, f"the majority-class baseline (always {majority})")
+        promoted, reason = promotion_gate.verdict(comparison, self._config.register_.baseline_margin)
+        if champion_version is None and not self._config.register_.promote:
+            reason = f"there is no champion yet; {reason}"
+        return self._finish(
+            promoted, f"{preface}: {reason}", champion_version, champion_f1_macro=None, comparison=comparison
+        )
+
+    def _against_champion(self, champion_version: str, champion: _ChampionOnHoldout) -> Decision:
+        settings = self._config.register_
+        comparable = ~champion.trained_on
+        excluded = int(champion.trained_on.sum())
+        left = int(comparable.sum())
+        exclusion = (
+            f"; {excluded} of {len(self._truth)} holdout rows left out: champion {champion_version} trained on them"
+            if excluded
+            else ""
+        )
+        if left < settings.min_comparable_rows:
+            return self._finish(
+                False,
+                f"not promoted: only {left} of {len(self._truth)} holdout rows were never trained on by champion "
+                f"{champion_version} ({excluded} excluded), fewer than register.min_comparable_rows="
+                f"{settings.min_comparable_rows}: too few to compare{champion.note}",
+                champion_version,
+                champion_f1_macro=None,
+                excluded_rows=excluded,
+            )
+        comparison = self._comparison(comparable, champion.predictions, f"champion {champion_version}")
+        promoted, reason = promotion_gate.verdict(comparison, settings.promotion_margin)
+        return self._finish(
+            promoted,
+            f"{reason}{exclusion}{champion.note}",
+            champion_version,
+            champion_f1_macro=comparison.reference_f1_macro,
+            comparison=comparison,
+            excluded_rows=excluded,
+        )
+
+    def _champion_on_holdout(self, champion_version: str, model_uri: str) -> _ChampionOnHoldout | str:
+        """The champion's predictions and training overlap on this holdout, or why it cannot be scored here."""
         holdout = self._inputs.holdout
         # Checked on the champion's recorded feature spec first, so a champion
         # of another feature mode is not even downloaded.
@@ -299,10 +408,7 @@ class _ChampionJudge:
             shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
             return f"feature-spec mismatch: it needs {len(missing)} columns this holdout lacks: {shown}"
         try:
-            model = model_io.load_model(model_uri)
-            scores = evaluate.score(
-                model, holdout, list(self._config.labels), negative_label=self._config.negative_label, needed_by=STAGE
-            )
+            predictions = evaluate.predict(model_io.load_model(model_uri), holdout, needed_by=STAGE)
         except StageError as exc:
             log.warning("could not score champion %s on this holdout: %s", champion_version, exc)
             return str(exc)
@@ -313,9 +419,18 @@ class _ChampionJudge:
             log.warning("could not score champion %s on this holdout", champion_version, exc_info=True)
             first_line = (str(exc).splitlines() or [""])[0][:200]
             return f"{type(exc).__name__}: {first_line}"
-        score = float(scores["f1_macro"])
-        log.info("champion %s scores macro-F1 %.4f on this run's holdout", champion_version, score)
-        return score
+        fingerprint_uri = self._reg.train_fingerprint(champion_version)
+        if not storage.exists(fingerprint_uri):
+            # Registered before fingerprints were kept: judged on every row, and the reason says so.
+            note = f"; champion {champion_version} has no training fingerprint: overlap with its training is unknown"
+            return _ChampionOnHoldout(predictions, np.zeros(len(holdout), dtype=bool), note)
+        try:
+            trained_on = promotion_gate.read_fingerprint(storage.read_bytes(fingerprint_uri))
+        except ValueError as exc:
+            return f"its training fingerprint {fingerprint_uri} is unreadable ({exc})"
+        return _ChampionOnHoldout(
+            predictions, promotion_gate.seen_in(trained_on, self._inputs.holdout_content_keys), ""
+        )
 
     def _champion_columns(self, champion_version: str) -> list[str]:
         """The input columns the champion's feature spec names (empty if its metadata is gone)."""
