@@ -106,12 +106,21 @@ def schema_problems(manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _merge_into(base: dict[str, Any], override: dict[str, Any]) -> None:
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge_into(base[key], value)
+        else:
+            base[key] = value
+
+
 def predictor_pod(isvc: dict[str, Any], runtime: dict[str, Any]) -> dict[str, Any]:
     """The predictor pod KServe creates from the two manifests, as a core Pod.
 
     As KServe's controller builds it: the InferenceService's model spec merged
     into the runtime's ``kserve-container`` (its args appended to the runtime's,
-    its other fields overriding), the runtime's volumes and the predictor's pod
+    its other fields overriding key by key, as a strategic merge patch does;
+    pkg/utils MergeRuntimeContainers), the runtime's volumes and the predictor's pod
     fields; and, because ``batcher`` is set, KServe's agent container, which
     its webhook gives a copy of the first container's securityContext
     (pkg/webhook/admission/pod/agent_injector.go).
@@ -120,7 +129,7 @@ def predictor_pod(isvc: dict[str, Any], runtime: dict[str, Any]) -> dict[str, An
     model = {k: v for k, v in predictor["model"].items() if k not in {"modelFormat", "runtime", "protocolVersion"}}
     container = copy.deepcopy(runtime["spec"]["containers"][0])
     container["args"] = [*container.get("args", []), *model.pop("args", [])]
-    container.update(copy.deepcopy(model))
+    _merge_into(container, copy.deepcopy(model))
     agent = {
         "name": "agent",
         "image": "kserve/agent",
@@ -204,8 +213,9 @@ def test_the_predictor_pod_is_valid_kubernetes_and_restricted(isvc, runtime) -> 
 def test_a_writable_or_root_predictor_is_not_restricted(isvc, runtime) -> None:
     careless = copy.deepcopy(isvc)
     context = careless["spec"]["predictor"]["model"]["securityContext"]
+    # The InferenceService's fields win over the runtime's (a missing one would fall back to the runtime's).
     context["readOnlyRootFilesystem"] = False
-    del context["runAsNonRoot"]
+    context["runAsNonRoot"] = False
 
     problems = restricted_violations(predictor_pod(careless, runtime))
 
