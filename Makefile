@@ -22,9 +22,10 @@ $(PIPELINE_VENV)/.installed: images/pipeline/pyproject.toml
 	$(PIPELINE_BIN)/pip install --quiet -e 'images/pipeline[test,bench]'
 	touch $@
 
-$(AIRFLOW_VENV)/.installed: requirements.txt
+# The runtime list and the test tools (requirements-test.txt includes requirements.txt).
+$(AIRFLOW_VENV)/.installed: requirements.txt requirements-test.txt requirements.lock
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_BIN)/pip install --quiet -r requirements.txt
+	$(AIRFLOW_BIN)/pip install --quiet -r requirements-test.txt
 	touch $@
 
 ## lint: ruff format check, ruff check (AIR rules on DAGs) and mypy on the stage package
@@ -71,6 +72,28 @@ postgres:
 .PHONY: image
 image:
 	bash images/build.sh
+
+LOCK_VENV := $(VENV)/lock
+# Hash pins for the images, compiled for Linux x86_64. The stage image runs Debian
+# bookworm's python3.11 (3.11.2); the Airflow image's is newer (and its Google
+# provider needs 3.11.3 or later). torch's hash is the CPU wheel's in the local
+# find-links folder, the one images/build.sh mounts into the build.
+LOCK_COMPILE := $(LOCK_VENV)/bin/uv pip compile --quiet --no-config --native-tls \
+	--generate-hashes --python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock'
+WHEELS_DIR ?= $(shell pip3 config get global.find-links 2>/dev/null)
+
+## lock: re-pin both images' runtime dependencies with hashes (images/*/requirements.lock) after changing their lists
+.PHONY: lock
+lock: $(LOCK_VENV)/.installed
+	@test -d "$(WHEELS_DIR)" || { echo "make lock: no folder with the torch CPU wheel (set WHEELS_DIR); refusing to lock a CUDA torch" >&2; exit 1; }
+	$(LOCK_COMPILE) --python-version 3.11 --find-links $(WHEELS_DIR) \
+		images/pipeline/pyproject.toml images/pipeline/requirements-image.in -o images/pipeline/requirements.lock
+	$(LOCK_COMPILE) --python-version 3.11.7 requirements.txt -o images/airflow/requirements.lock
+
+$(LOCK_VENV)/.installed: images/requirements-lock-tool.txt
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet -r images/requirements-lock-tool.txt
+	touch $@
 
 CHECKOV_VENV := $(VENV)/checkov
 
