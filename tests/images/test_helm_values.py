@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import string
@@ -28,6 +29,12 @@ PLACEHOLDERS = {
 }
 # The chart's service accounts that run KubernetesPodOperator (task pods and triggerer).
 AIRFLOW_NAMESPACE = "airflow"
+# Who reads the bucket for sensors and writes task logs, and the web-facing side (README, Identities).
+SCHEDULER_SIDE = ("scheduler", "triggerer", "workers")
+WEB_SIDE = ("apiServer",)
+GCS_COMPONENTS = (*SCHEDULER_SIDE, *WEB_SIDE)
+# private.googleapis.com and restricted.googleapis.com: the only HTTPS destinations of a stage pod.
+GOOGLE_API_RANGES = {"199.36.153.8/30", "199.36.153.4/30"}
 KUBERNETES_VERSION = "1.34"
 
 
@@ -47,6 +54,50 @@ def manifests() -> dict[str, dict[str, Any]]:
 
 def airflow_env(values: dict[str, Any]) -> dict[str, str]:
     return {item["name"]: item["value"] for item in values["env"]}
+
+
+def connection_secret(values: dict[str, Any], component: str, env_name: str) -> str | None:
+    """The Secret a component's own ``env`` takes ``env_name`` from, if it does."""
+    for item in values[component].get("env", []):
+        if item["name"] == env_name and "secretKeyRef" in item.get("valueFrom", {}):
+            return item["valueFrom"]["secretKeyRef"]["name"]
+    return None
+
+
+def irsa_role(service_account: dict[str, Any]) -> str | None:
+    return (service_account.get("annotations") or {}).get("eks.amazonaws.com/role-arn")
+
+
+def identity_problems(values: dict[str, Any], manifests: dict[str, dict[str, Any]], gcp_conn_id: str) -> list[str]:
+    """Stage pods, the scheduler side and the web side each have their own identity; the DAG processor has none."""
+    connection_env = f"AIRFLOW_CONN_{gcp_conn_id.upper()}"
+    identity = {
+        component: (
+            values[component]["serviceAccount"]["name"],
+            irsa_role(values[component]["serviceAccount"]),
+            connection_secret(values, component, connection_env),
+        )
+        for component in (*SCHEDULER_SIDE, *WEB_SIDE, "dagProcessor")
+    }
+    problems = []
+    # A chart-wide Secret would hand every component, the web side included, the same connection.
+    if any(item.get("envName") == connection_env for item in values.get("secret", [])):
+        problems.append(f"{connection_env} is set chart-wide (secret:), for every component alike")
+    scheduler_side = {identity[c][1:] for c in SCHEDULER_SIDE}
+    if len(scheduler_side) != 1:
+        problems.append(f"the scheduler side {SCHEDULER_SIDE} does not share one role and connection: {scheduler_side}")
+    for web in WEB_SIDE:
+        for part, index in (("service account", 0), ("IRSA role", 1), ("GCS connection Secret", 2)):
+            shared = [c for c in SCHEDULER_SIDE if identity[c][index] == identity[web][index]]
+            if shared:
+                problems.append(f"{web} shares its {part} {identity[web][index]!r} with {shared}")
+    if identity["dagProcessor"][1:] != (None, None):
+        problems.append(f"dagProcessor has a cloud identity {identity['dagProcessor'][1:]}; it parses DAG files only")
+    runner_role = irsa_role(manifests["ServiceAccount"]["metadata"])
+    others = {c for c, (_, role, _) in identity.items() if role == runner_role}
+    if others:
+        problems.append(f"the stage pods' role {runner_role} is also {sorted(others)}'s")
+    return problems
 
 
 def shared_name_mismatches(
@@ -72,8 +123,9 @@ def shared_name_mismatches(
     if image_name != settings.image:
         problems += [f"PIPELINE_IMAGE ends in {image_name!r}, the code's image is {settings.image!r}"]
     connection_env = f"AIRFLOW_CONN_{settings.gcp_conn_id.upper()}"
-    if connection_env not in {item["envName"] for item in values.get("secret", [])}:
-        problems += [f"no {connection_env} from a Secret for connection {settings.gcp_conn_id!r}"]
+    for component in GCS_COMPONENTS:
+        if connection_secret(values, component, connection_env) is None:
+            problems += [f"{component} has no {connection_env} from a Secret for connection {settings.gcp_conn_id!r}"]
     if f"AIRFLOW_CONN_{settings.kubernetes_conn_id.upper()}" not in env:
         problems += [f"no connection {settings.kubernetes_conn_id!r} for KubernetesPodOperator"]
     logging = values["config"]["logging"]
@@ -157,12 +209,57 @@ def test_the_manifests_are_valid_kubernetes(manifests) -> None:
             pytest.fail(f"deploy/k8s {kind}: {error}")
 
 
-def test_every_service_account_has_an_irsa_role(values, manifests) -> None:
-    for component in ("scheduler", "apiServer", "dagProcessor", "triggerer", "workers"):
-        annotations = values[component]["serviceAccount"]["annotations"]
-        assert annotations["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::"), component
-    runner = manifests["ServiceAccount"]["metadata"]["annotations"]
-    assert runner["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+def test_every_service_account_but_the_dag_processors_has_an_irsa_role(values, manifests) -> None:
+    for component in GCS_COMPONENTS:
+        role = irsa_role(values[component]["serviceAccount"])
+        assert role is not None and role.startswith("arn:aws:iam::"), component
+    assert irsa_role(values["dagProcessor"]["serviceAccount"]) is None
+    runner = irsa_role(manifests["ServiceAccount"]["metadata"])
+    assert runner is not None and runner.startswith("arn:aws:iam::")
+
+
+def test_stage_pods_scheduler_side_and_web_side_have_separate_identities(values, manifests) -> None:
+    assert identity_problems(values, manifests, PipelineSettings().gcp_conn_id) == []
+
+
+def test_a_web_side_sharing_the_scheduler_sides_identity_is_caught(values, manifests) -> None:
+    shared = copy.deepcopy(values)
+    shared["apiServer"]["serviceAccount"] = shared["scheduler"]["serviceAccount"]
+    shared["apiServer"]["env"] = shared["scheduler"]["env"]
+    shared["dagProcessor"]["serviceAccount"] = shared["workers"]["serviceAccount"]
+    shared["secret"] = [{"envName": "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", "secretName": "s", "secretKey": "k"}]
+
+    problems = identity_problems(shared, manifests, "google_cloud_default")
+
+    assert problems[0] == "AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT is set chart-wide (secret:), for every component alike"
+    assert "apiServer shares its service account 'airflow-scheduler' with ['scheduler']" in problems
+    assert "apiServer shares its GCS connection Secret 'privacy-pipeline-airflow-connections' with" in " ".join(
+        problems
+    )
+    assert any(problem.startswith("dagProcessor has a cloud identity") for problem in problems)
+
+
+def https_destinations(policy: dict[str, Any]) -> list[str]:
+    """Where a NetworkPolicy lets TCP 443 go: CIDRs, or "anywhere" for a rule without ``to``."""
+    found = []
+    for rule in policy["spec"].get("egress", []):
+        ports = rule.get("ports") or [{"protocol": "TCP"}]
+        if not any(p.get("protocol", "TCP") == "TCP" and p.get("port") in (None, 443) for p in ports):
+            continue
+        peers = rule.get("to") or [{"ipBlock": {"cidr": "anywhere"}}]
+        found += [peer["ipBlock"]["cidr"] if "ipBlock" in peer else f"selector {peer}" for peer in peers]
+    return found
+
+
+def test_stage_pods_reach_only_google_apis_over_https(manifests) -> None:
+    assert set(https_destinations(manifests["NetworkPolicy"])) <= GOOGLE_API_RANGES
+
+
+def test_https_to_anywhere_is_caught(manifests) -> None:
+    policy = copy.deepcopy(manifests["NetworkPolicy"])
+    policy["spec"]["egress"].append({"ports": [{"protocol": "TCP", "port": 443}]})
+
+    assert "anywhere" in https_destinations(policy)
 
 
 def test_executor_triggerer_and_git_sync(values) -> None:
