@@ -66,7 +66,7 @@ def _args(stage: str, source: Path, run: Path, registry: Path) -> list[str]:
     return [*OVERRIDES, stage, "--run", str(run)]
 
 
-def _run_forked(args: list[str], log: Path, kill_at_commit: int | None = None) -> tuple[int, str]:
+def _run_forked(args: list[str], log: Path, kill_at_commit: str | None = None) -> tuple[int, str]:
     """Run the CLI in a child forked from this process; its wait status and its stdout+stderr."""
     pid = os.fork()
     if pid == 0:
@@ -79,7 +79,7 @@ def _run_forked(args: list[str], log: Path, kill_at_commit: int | None = None) -
                 os.environ.update({"XCOM_RETURN_PATH": str(log.with_suffix(".xcom.json"))})
                 os.environ.pop(storage.KILL_AT_COMMIT_ENV, None)
                 if kill_at_commit is not None:
-                    os.environ[storage.KILL_AT_COMMIT_ENV] = str(kill_at_commit)
+                    os.environ[storage.KILL_AT_COMMIT_ENV] = kill_at_commit
                 try:
                     code = cli.main(["--log-level", "WARNING", *args])
                 except BaseException:
@@ -204,12 +204,14 @@ def test_a_stage_killed_at_any_commit_leaves_nothing_partial_and_the_retry_match
     root, source, commits = reference["root"], reference["source"], reference["commits"][stage]
     state = _state_before(stage, reference, tmp_path)
     run, registry = state / "run", state / "registry"
-    # The last commit point first: from the state before the stage, the count is the reference's (a
-    # rerun of register reuses its run's registry claim, one commit fewer). Then the first and middle,
-    # each a retry of the attempt before.
-    for kill_at in dict.fromkeys([commits, 1, (commits + 1) // 2]):
+    # Each attempt retries the one before. The last commit point is named by its object, the stage's
+    # commit marker (tune has none, and one write): a retry of register reuses the registry claim the
+    # attempt before made, so it has one commit point fewer than the reference.
+    has_marker = (root / f"after-{stage}" / "run" / stage / "_result.json").is_file()
+    last = f"1:*/{stage}/_result.json" if has_marker else str(commits)
+    for attempt, kill_at in enumerate(dict.fromkeys(["1", str((commits + 1) // 2), last])):
         before = _contents(state)
-        status, output = _run_forked(_args(stage, source, run, registry), tmp_path / f"kill-{kill_at}.log", kill_at)
+        status, output = _run_forked(_args(stage, source, run, registry), tmp_path / f"kill-{attempt}.log", kill_at)
         killed = KILLED_AT.search(output)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and killed, (
             f"{stage} was not killed at commit point {kill_at}:\n{output[-3000:]}"
