@@ -106,6 +106,36 @@ def _search_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="as_json", action="store_true", help="print JSON for machines")
 
 
+def _rollback_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", required=True, metavar="URI", help="the model registry prefix")
+    parser.add_argument(
+        "--to", metavar="VERSION", help="a registered version (default: the champion the last promotion replaced)"
+    )
+    parser.add_argument("--by", metavar="WHO", help="who asks (default: $ROLLBACK_REQUESTED_BY, else the OS user)")
+    parser.add_argument("--reason", metavar="TEXT", help="why, for the registry's history")
+
+
+def _registry_view_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("view", choices=["list", "show", "history"], help="what to print")
+    parser.add_argument("version", nargs="?", help="the version to show (show only)")
+    parser.add_argument("--registry", required=True, metavar="URI", help="the model registry prefix")
+    parser.add_argument("--json", dest="as_json", action="store_true", help="print JSON for machines")
+
+
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", required=True, metavar="URI", help="the model registry prefix")
+    parser.add_argument("--version", metavar="V", help="a registered model version (default: the champion)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a pod)")
+    parser.add_argument("--port", type=int, default=8080, metavar="P", help="HTTP port (V2, V1, /metrics, /try)")
+    parser.add_argument("--grpc-port", type=int, metavar="P", help="also serve V2 over gRPC, on all interfaces")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=32, metavar="N", help="messages per micro-batch (1: batching off)"
+    )
+    parser.add_argument(
+        "--max-batch-wait-ms", type=float, default=5.0, metavar="MS", help="longest a request waits for company"
+    )
+
+
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
         "synth",
@@ -187,9 +217,28 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "register",
         "version the model in the registry and apply the promotion gate",
         "Reads the run's model, metrics and holdout. Writes <registry>/models/<version>/ (model, metadata), "
-        "<registry>/runs/<version>.json, and moves <registry>/champion.json when the candidate beats the "
-        "champion on this run's holdout by register.promotion_margin.",
+        "<registry>/runs/<version>.json, and moves <registry>/champion.json when the paired bootstrap interval "
+        "of the candidate's macro-F1 lead over the champion, on holdout rows the champion never trained on, "
+        "lies above register.promotion_margin (no usable champion: over the majority-class baseline by "
+        "register.baseline_margin).",
         _register_args,
+    ),
+    Subcommand(
+        "rollback",
+        "rollback",
+        "move the registry's champion back to an earlier registered version",
+        "Moves <registry>/champion.json by compare-and-swap to --to VERSION (default: the champion the last "
+        "promotion replaced) and records who, when and why in <registry>/history/. The version already champion, "
+        "or a default rollback right after another, is a no-op; an unregistered version is refused.",
+        _rollback_args,
+    ),
+    Subcommand(
+        "registry",
+        "registry_view",
+        "print the registry: list | show VERSION | history",
+        "list: every version with its macro-F1, gate difference, interval and decision; show VERSION: its run "
+        "record and lineage; history: every champion move with who, when and why. --json for machines.",
+        _registry_view_args,
     ),
     Subcommand(
         "synth-conversations",
@@ -255,6 +304,15 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "days, intents and redacted snippets; --json for machines.",
         _search_args,
     ),
+    Subcommand(
+        "serve",
+        "privacy_pipeline.serving.server",
+        "serve the champion over KServe's Open Inference Protocol, with a try-it page",
+        "Loads --version (default: the registry's champion) and serves it until stopped: V2 REST at "
+        "/v2/models/privacy-intent/infer (a BYTES input 'text' of shape [n]), V1, /metrics, the page at /try. "
+        "A missing, corrupt or untrusted version fails before anything listens. Needs the serving environment.",
+        _serve_args,
+    ),
 )
 
 
@@ -308,7 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from privacy_pipeline.config import load_config
 
         config = load_config(args.config, args.overrides)
-        stage = importlib.import_module(f"privacy_pipeline.stages.{subcommand.module}")
+        # A dotted module lives outside stages/ (the model server).
+        module = subcommand.module if "." in subcommand.module else f"privacy_pipeline.stages.{subcommand.module}"
+        stage = importlib.import_module(module)
         result: StageResult = stage.run(config=config, **_stage_kwargs(args))
         write_xcom(result)
         if result.commit_uri:

@@ -1,0 +1,178 @@
+"""``privacy-pipeline serve``: the registry's champion (or ``--version``) on KServe's ``ModelServer``.
+
+The SDK provides the routes: V2 (``/v2/health/live``, ``/v2/health/ready``,
+``/v2/models/{name}``, ``/v2/models/{name}/infer``), V1, ``/metrics`` and,
+with ``--grpc-port``, gRPC. This module adds three things around them: the
+try-it page at ``/try``; versioned V2 routes that answer for the version being
+served and 404 for any other (the SDK answers 501 to every version); and the
+request metrics and log line (``metrics.RequestMetricsMiddleware``).
+
+The model is loaded before the server starts: a version that is missing,
+corrupt or refused by the skops trust check ends the command with one line and
+exit code 2, and nothing ever listens with a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import kserve
+from fastapi import Request, Response
+from fastapi.responses import HTMLResponse
+from kserve.errors import ModelNotFound
+from kserve.model_server import app
+from kserve.protocol.rest.v2_datamodels import InferenceRequest
+from kserve.protocol.rest.v2_endpoints import V2Endpoints
+
+from privacy_pipeline.config import PipelineConfig
+from privacy_pipeline.serving.metrics import RequestMetricsMiddleware
+from privacy_pipeline.serving.model import PrivacyIntentModel
+from privacy_pipeline.serving.page import PAGE_PATH, page_html
+from privacy_pipeline.stage_result import StageResult
+
+log = logging.getLogger(__name__)
+
+STAGE = "serve"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_WAIT_MS = 5.0
+
+
+class VersionNotServed(ModelNotFound):  # type: ignore[misc]
+    """A V2 request for a version other than the one loaded: the SDK's 404, with what to send instead."""
+
+    def __init__(self, model_name: str, requested: str, served: str | None) -> None:
+        super().__init__(model_name)
+        self.reason = (
+            f"model {model_name} version {requested} is not served here; this server serves version {served} "
+            f"(or leave the version out: /v2/models/{model_name}/infer)"
+        )
+
+
+class LoopbackModelServer(kserve.ModelServer):  # type: ignore[misc]
+    """``kserve.ModelServer`` listening on ``host``: kserve 0.21's REST server always binds 0.0.0.0.
+
+    That is right in a pod, where the pod's network is the boundary; on a
+    workstation the server must stay on loopback unless asked otherwise.
+    """
+
+    def __init__(self, *, host: str, **kwargs: Any) -> None:
+        self.host = host
+        super().__init__(**kwargs)
+
+    def setup_event_loop(self) -> None:
+        # Called by start() after the REST server is built and before it listens.
+        if self._rest_server is not None:
+            self._rest_server.config.host = self.host
+        super().setup_event_loop()
+
+
+def _add_routes(server: kserve.ModelServer, model: PrivacyIntentModel) -> None:
+    """The page and the versioned V2 routes, ahead of the SDK's (which start() adds after these)."""
+    if any(getattr(route, "path", None) == PAGE_PATH for route in app.router.routes):
+        return
+    endpoints = V2Endpoints(server.dataplane, server.model_repository_extension)
+
+    def served(model_name: str, model_version: str) -> None:
+        if model_name == model.name and model_version != model.version:
+            raise VersionNotServed(model_name, model_version, model.version)
+
+    async def try_it_page() -> HTMLResponse:
+        return HTMLResponse(page_html(model.name))
+
+    async def versioned_metadata(model_name: str, model_version: str) -> Any:
+        served(model_name, model_version)
+        return await endpoints.model_metadata(model_name)
+
+    async def versioned_ready(model_name: str, model_version: str) -> Any:
+        served(model_name, model_version)
+        return await endpoints.model_ready(model_name)
+
+    async def versioned_infer(
+        raw_request: Request,
+        raw_response: Response,
+        model_name: str,
+        model_version: str,
+        request_body: InferenceRequest | bytes,
+    ) -> Any:
+        served(model_name, model_version)
+        return await endpoints.infer(raw_request, raw_response, model_name, request_body)
+
+    app.add_api_route(PAGE_PATH, try_it_page, methods=["GET"], response_class=HTMLResponse)
+    versions = "/v2/models/{model_name}/versions/{model_version}"
+    app.add_api_route(versions, versioned_metadata, methods=["GET"], include_in_schema=False)
+    app.add_api_route(f"{versions}/ready", versioned_ready, methods=["GET"], include_in_schema=False)
+    app.add_api_route(f"{versions}/infer", versioned_infer, methods=["POST"], response_model=None)
+    app.add_middleware(RequestMetricsMiddleware)
+
+
+def serve(
+    model: PrivacyIntentModel,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    grpc_port: int | None = None,
+) -> None:
+    """Serve a loaded ``model`` until SIGINT/SIGTERM (blocks)."""
+    if not model.ready:
+        raise RuntimeError("serve() needs a loaded model: call model.load() first")
+    # One JSON line per request comes from RequestMetricsMiddleware; the SDK's
+    # per-request timing lines and uvicorn's access lines would repeat it.
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # featurize logs every encode call at INFO, which here is every batch.
+    logging.getLogger("privacy_pipeline.stages.featurize").setLevel(logging.WARNING)
+    # kserve 0.21 still answers with FastAPI's ORJSONResponse, which warns on every request.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+    server = LoopbackModelServer(
+        host=host,
+        http_port=port,
+        # kserve's gRPC server binds every interface ([::]); only on request.
+        grpc_port=grpc_port or 0,
+        enable_grpc=grpc_port is not None,
+        workers=1,
+        enable_docs_url=False,
+        enable_latency_logging=False,
+    )
+    _add_routes(server, model)
+    log.info(
+        "serving %s version %s on http://%s:%d (V2: /v2/models/%s/infer, page: %s, metrics: /metrics)",
+        model.name,
+        model.version,
+        host,
+        port,
+        model.name,
+        PAGE_PATH,
+    )
+    server.start([model])
+
+
+def run(
+    *,
+    config: PipelineConfig,
+    registry_uri: str,
+    version: str | None = None,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    grpc_port: int | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    max_batch_wait_ms: float = DEFAULT_MAX_BATCH_WAIT_MS,
+) -> StageResult:
+    """The CLI's entry: load (StageError on a bad version), then serve until stopped."""
+    model = PrivacyIntentModel(
+        registry_uri,
+        version=version,
+        config=config,
+        max_batch_size=max_batch_size,
+        max_batch_wait_seconds=max_batch_wait_ms / 1000.0,
+    )
+    model.load()
+    serve(model, host=host, port=port, grpc_port=grpc_port)
+    return StageResult(
+        stage=STAGE,
+        summary=f"{STAGE}: stopped serving {model.name} version {model.version} from {registry_uri}",
+        xcom={"model_version": model.version, "registry_uri": registry_uri},
+    )
