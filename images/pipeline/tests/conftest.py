@@ -21,17 +21,19 @@ from embedded.gcs_emulator import create_server  # noqa: E402
 GCS_TEST_BUCKET = "test-bucket"
 
 
-@pytest.fixture(autouse=True)
-def pseudonym_key(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> bytes:
+@pytest.fixture(autouse=True, scope="session")
+def pseudonym_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bytes]:
     """The key conversations-validate pseudonymises user ids with, mounted as the validate pod has it.
 
-    Tests of a missing or short key unset or replace ``PIPELINE_PSEUDONYM_SECRET_PATH`` themselves.
+    Session-wide, so module-scoped fixtures that run the stage have it too; tests
+    of a missing or short key unset or replace ``PIPELINE_PSEUDONYM_SECRET_PATH``
+    with their own ``monkeypatch``.
     """
-    key_file = tmp_path_factory.getbasetemp() / "pseudonym-key"
-    if not key_file.exists():
-        key_file.write_text("test-pseudonym-key-" + "0" * 45, encoding="utf-8")
-    monkeypatch.setenv("PIPELINE_PSEUDONYM_SECRET_PATH", str(key_file))
-    return key_file.read_bytes()
+    key_file = tmp_path_factory.mktemp("pseudonym") / "key"
+    key_file.write_text("test-pseudonym-key-" + "0" * 45, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIPELINE_PSEUDONYM_SECRET_PATH", str(key_file))
+        yield key_file.read_bytes()
 
 
 @pytest.fixture()
