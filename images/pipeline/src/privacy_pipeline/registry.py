@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 MAX_CHAMPION_SWAP_ATTEMPTS = 20
 
 _VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+# What version_name makes; a name that is not one (``../champion``) never reaches a path.
+VERSION_PATTERN = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,8 @@ def list_runs(registry_uri: str) -> list[dict[str, Any]]:
 
 def read_run_record(registry_uri: str, version: str) -> dict[str, Any] | None:
     """The run record of ``version``, or None when no such model was registered."""
+    if not VERSION_PATTERN.fullmatch(version):
+        return None
     uri = RegistryLayout(registry_uri).run_record(version)
     if not storage.exists(uri):
         return None
