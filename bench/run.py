@@ -38,12 +38,13 @@ import psutil
 
 from bench.datasets import embedded_dataset, write_parquet
 from bench.measure import REPO, BenchFailure, Measured, load_average, machine, run_measured, worker_command
+from bench.serving import serving_section, serving_table, serving_targets
 from bench.worker import BASELINE_JOBS, TUTORIAL_FOLDS, tutorial_fits
 from privacy_pipeline.config import ConversationsConfig
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("training", "featurize", "search", "dag_parse", "demo")
+SECTIONS = ("training", "featurize", "search", "dag_parse", "serving", "demo")
 WORK = REPO / "bench" / "out"
 AIRFLOW_PYTHON = REPO / ".venv" / "airflow" / "bin" / "python"
 README = REPO / "README.md"
@@ -505,6 +506,7 @@ SECTION_RUNNERS = {
     "featurize": featurize_section,
     "search": search_section,
     "dag_parse": dag_parse_section,
+    "serving": serving_section,
     "demo": demo_section,
 }
 
@@ -627,6 +629,7 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"< {TARGET_DEMO_SECONDS:.0f}s",
             demo["wall_s"] < TARGET_DEMO_SECONDS,
         )
+    checks.update(serving_targets(results))
     return checks
 
 
@@ -807,6 +810,7 @@ def markdown(results: dict[str, Any]) -> str:
     if body:
         body.append("")
     body += other_table(results, checks)
+    body += serving_table(results, checks)
     for section, error in results.get("errors", {}).items():
         first_line = error.strip().splitlines()[0] if error.strip() else "failed"
         body += ["", f"**{section} failed**: `{first_line[:300]}` (see bench/out/)"]
