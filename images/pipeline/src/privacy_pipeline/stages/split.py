@@ -68,6 +68,21 @@ def _grouped_cut(rows: pd.DataFrame, keys: np.ndarray, config: PipelineConfig, s
     return np.isin(keys, holdout_groups)
 
 
+def _holdout_rows(
+    features: pd.DataFrame, keys: np.ndarray, forced: np.ndarray, config: PipelineConfig, source: str
+) -> np.ndarray:
+    """The forced rows plus the grouped, stratified cut of the others."""
+    in_holdout = forced.copy()
+    in_holdout[~forced] = _grouped_cut(features[~forced], keys[~forced], config, source)
+    return in_holdout
+
+
+def _short_classes(labels: pd.Series, counts: dict[str, int], needed: int) -> dict[str, int]:
+    """Classes with fewer than ``needed`` rows in ``labels``, and how many they have."""
+    present = Counter(labels)
+    return {label: present[label] for label in counts if present[label] < needed}
+
+
 def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
     layout = RunLayout(run_uri)
     layout.require("featurize", needed_by=STAGE)
@@ -86,20 +101,27 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
             "a stratified split needs at least one row of each class on each side"
         )
     keys = group_keys(features, spec)
-    held_out = held_out_rows(features)
     # A text written both from a held-out family and from a seen one goes with the held-out copy.
-    forced = np.isin(keys, keys[held_out])
-    cuttable = features[~forced]
-    cut_counts = _class_counts(cuttable["label"])
-    too_small = {label: counts[label] - cut_counts.get(label, 0) for label in counts if cut_counts.get(label, 0) < 2}
-    if too_small:
-        raise StageError(
-            f"{STAGE}: after sending held-out phrasing families to the holdout, classes {sorted(too_small)} of "
-            f"{layout.features} have fewer than 2 rows left to train on; hold out fewer of their families"
+    forced = np.isin(keys, keys[held_out_rows(features)])
+    phrasing_note = None
+    # Classes left with under 2 rows cannot be cut at all; check before cutting.
+    short = _short_classes(features["label"][~forced], counts, 2)
+    in_holdout = forced
+    if forced.any() and not short:
+        in_holdout = _holdout_rows(features, keys, forced, config, layout.features)
+        short = _short_classes(features["label"][~in_holdout], counts, config.min_train_rows_per_class)
+    if forced.any() and short:
+        # Too few rows to both hold phrasings out and cross-validate with SMOTE: train as without families,
+        # and say so, rather than fail a run that would have trained without them.
+        phrasing_note = (
+            f"held-out phrasings were not routed to the holdout: classes {short} would keep too few training "
+            f"rows (tune.cv_folds and SMOTE need {config.min_train_rows_per_class}); no unseen-phrasing metric "
+            "for this run"
         )
-    in_holdout = np.zeros(len(features), dtype=bool)
-    in_holdout[~forced] = _grouped_cut(cuttable, keys[~forced], config, layout.features)
-    in_holdout |= forced
+        log.warning("%s", phrasing_note)
+        forced = np.zeros(len(features), dtype=bool)
+    if not forced.any():
+        in_holdout = _holdout_rows(features, keys, forced, config, layout.features)
     train = features[~in_holdout].reset_index(drop=True)
     holdout = features[in_holdout].reset_index(drop=True)
 
@@ -131,6 +153,7 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
             "holdout_rows": len(holdout),
             "held_out_phrasing_rows": held_out_phrasing_rows,
             "distinct_texts": int(len(set(keys))),
+            "phrasing_note": phrasing_note,
             "class_counts": class_counts,
         },
         commit_uri=layout.result(STAGE),
