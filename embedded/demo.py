@@ -24,11 +24,17 @@ DAG_ID = "privacy_intent_training"
 
 STAGE_LINES = {
     "ingest": lambda x: f"{x['rows']} rows from {x['parts']} part(s), sha256 {x['content_sha256'][:12]}",
-    "validate": lambda x: f"{x['rows_valid']} valid, {x['rows_quarantined']} quarantined",
+    "validate": lambda x: (
+        f"{x['rows_valid']} valid, {x['rows_quarantined']} quarantined; {x['exact_duplicate_rows']} exact and "
+        f"{x['near_duplicate_rows']} near-duplicate texts"
+    ),
     "featurize": lambda x: (
         f"{x['rows']} rows x {x['n_features']} features ({x['mode']} mode, {x.get('texts_per_second', 0):.0f} texts/s)"
     ),
-    "split": lambda x: f"{x['train_rows']} train / {x['holdout_rows']} holdout",
+    "split": lambda x: (
+        f"{x['train_rows']} train / {x['holdout_rows']} holdout ({x['held_out_phrasing_rows']} of held-out "
+        "phrasings; copies of a text kept on one side)"
+    ),
     "tune": lambda x: (
         f"shard {x['shard']}/{x['num_shards']}: {x['candidates']} candidates, best CV macro-F1 {x['best_score']:.3f}"
     ),
@@ -56,11 +62,26 @@ def print_report(xcoms: dict[str, list], run_id: str, seconds: float) -> None:
             print(f"  {label:<14} {line}")
     evaluate = xcoms.get("evaluate", [[-1, {}]])[0][1]
     register = xcoms.get("register", [[-1, {}]])[0][1]
-    print("\nHoldout (never resampled, never seen in tuning):")
-    print(f"  macro-F1      {evaluate.get('f1_macro', float('nan')):.3f}")
-    print(f"  majority      {evaluate.get('baseline_f1_macro', float('nan')):.3f}  (always the commonest class)")
-    print(f"  accuracy      {evaluate.get('accuracy', float('nan')):.3f}")
-    print(f"  ROC-AUC (OvR) {evaluate.get('roc_auc_ovr', float('nan')):.3f}")
+    print("\nHoldout (never resampled, never seen in tuning, no text of it in training):")
+    if evaluate.get("f1_macro_unseen") is not None:
+        print(
+            f"  macro-F1, unseen phrasings  {evaluate['f1_macro_unseen']:.3f}  (majority "
+            f"{evaluate['baseline_f1_macro_unseen']:.3f}; {evaluate['n_holdout_unseen']} rows of phrasing families "
+            "never in training: the headline)"
+        )
+    else:
+        print(f"  macro-F1, unseen phrasings  n/a ({evaluate.get('phrasing_note') or 'no held-out phrasing rows'})")
+    if evaluate.get("f1_macro_seen") is not None:
+        print(
+            f"  macro-F1, seen phrasings    {evaluate['f1_macro_seen']:.3f}  (majority "
+            f"{evaluate['baseline_f1_macro_seen']:.3f}; {evaluate['n_holdout_seen']} rows, other texts of trained "
+            "families)"
+        )
+    print(f"  macro-F1, whole holdout     {evaluate.get('f1_macro', float('nan')):.3f}")
+    majority = evaluate.get("baseline_f1_macro", float("nan"))
+    print(f"  majority                    {majority:.3f}  (always the commonest class)")
+    print(f"  accuracy                    {evaluate.get('accuracy', float('nan')):.3f}")
+    print(f"  ROC-AUC (OvR)               {evaluate.get('roc_auc_ovr', float('nan')):.3f}")
     print("\nRegistry:")
     print(f"  model version {register.get('model_version')}")
     verdict = "PROMOTED to champion" if register.get("promoted") else "not promoted"
