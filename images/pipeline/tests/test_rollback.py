@@ -193,3 +193,55 @@ def test_the_cli_rolls_back_with_the_requester_from_the_environment(
     assert capsys.readouterr().out.strip().endswith(f"to {VERSIONS[0]} by airflow:carol")
     champion = registry.champion(registry_uri)
     assert champion["by"] == "airflow:carol" and champion["reason"] == f"rollback from {VERSIONS[1]}"
+
+
+# --- the vector store's latest.json --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store_uri(bucket_root: str) -> str:
+    """A store whose latest is VERSIONS[1], built on VERSIONS[0]."""
+    from privacy_pipeline.conversations import vector_store
+
+    uri = storage.join(bucket_root, "store")
+    layout = vector_store.StoreLayout(uri)
+    for parent, version in ((None, VERSIONS[0]), (VERSIONS[0], VERSIONS[1])):
+        storage.write_json(
+            layout.manifest(version),
+            {"version": version, "parent_version": parent, "created_at": "2026-11-21T03:30:00Z"},
+        )
+    pointer = {"version": VERSIONS[1], "manifest_uri": layout.manifest(VERSIONS[1]), "published_at": "x"}
+    storage.compare_and_swap(layout.latest, vector_store.pointer_bytes(pointer), 0)
+    return uri
+
+
+def test_a_store_rollback_goes_back_to_the_parent_version_once(store_uri: str) -> None:
+    from privacy_pipeline.conversations import vector_store
+
+    result = rollback.run(config=CONFIG, store_uri=store_uri, by="alice", reason="bad index")
+    assert result.xcom["moved"] is True and result.xcom["latest_version"] == VERSIONS[0]
+    latest = vector_store.read_latest(store_uri, "test").pointer
+    assert latest is not None
+    assert (latest["version"], latest["previous_version"], latest["by"], latest["reason"]) == (
+        VERSIONS[0],
+        VERSIONS[1],
+        "alice",
+        "bad index",
+    )
+    before = _state(store_uri)
+    again = rollback.run(config=CONFIG, store_uri=store_uri, by="alice")
+    assert again.xcom["moved"] is False and _state(store_uri) == before
+
+
+def test_a_store_rollback_to_an_unpublished_version_is_refused(store_uri: str) -> None:
+    before = _state(store_uri)
+    with pytest.raises(StageError, match=f"rollback: {VERSIONS[2]} is not a published version of the store"):
+        rollback.run(config=CONFIG, store_uri=store_uri, to=VERSIONS[2])
+    assert _state(store_uri) == before
+
+
+def test_the_cli_takes_exactly_one_of_registry_and_store(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["rollback", "--registry", str(tmp_path / "r"), "--store", str(tmp_path / "s")])
+    with pytest.raises(SystemExit):
+        cli.main(["rollback"])

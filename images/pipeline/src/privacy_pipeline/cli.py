@@ -107,7 +107,11 @@ def _search_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _rollback_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", required=True, metavar="URI", help="the model registry prefix")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--registry", metavar="URI", help="the model registry prefix: roll back its champion")
+    target.add_argument(
+        "--store", dest="store_uri", metavar="URI", help="the vector store prefix: roll back its latest.json"
+    )
     parser.add_argument(
         "--to", metavar="VERSION", help="a registered version (default: the champion the last promotion replaced)"
     )

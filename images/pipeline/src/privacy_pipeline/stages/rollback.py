@@ -1,4 +1,4 @@
-"""rollback: move the registry's champion back to an earlier registered version in one step.
+"""rollback: move the registry's champion (or the vector store's ``latest``) back to an earlier version in one step.
 
 ``--to VERSION`` names the version; without it the last promotion is undone:
 the champion goes back to the version it replaced. The pointer moves by
@@ -10,6 +10,11 @@ champion is a no-op, and so is a default rollback when the champion was itself
 set by a rollback (there is no promotion left to undo; name ``--to`` to go
 further back). A version that does not exist, or has no registered model, is
 refused with the registry untouched.
+
+``--store`` does the same for the conversations vector store's ``latest.json``:
+the default goes back to the version the latest one was built on (its
+manifest's ``parent_version``), a named version must be a published one, and
+the pointer records who, when and why.
 """
 
 from __future__ import annotations
@@ -62,14 +67,20 @@ def _registered_target(registry_uri: str, version: str) -> dict[str, Any]:
 def run(
     *,
     config: PipelineConfig,
-    registry_uri: str,
+    registry_uri: str | None = None,
     to: str | None = None,
     by: str | None = None,
     reason: str | None = None,
+    store_uri: str | None = None,
 ) -> StageResult:
     del config  # the same global flags as every subcommand; a rollback needs none of them
     requested_by = _requester(by)
     target_version = (to or "").strip() or None
+    if (registry_uri is None) == (store_uri is None):
+        raise StageError(f"{STAGE}: name exactly one of --registry (the champion) and --store (the vector store)")
+    if store_uri is not None:
+        return _roll_back_store(store_uri, target_version, requested_by, reason)
+    assert registry_uri is not None
     if target_version is not None:
         _registered_target(registry_uri, target_version)
     outcome: dict[str, Any] = {}
@@ -130,4 +141,85 @@ def run(
             "by": requested_by,
             "note": outcome.get("note"),
         },
+    )
+
+
+def _roll_back_store(store_uri: str, to: str | None, requested_by: str, reason: str | None) -> StageResult:
+    """``latest.json`` of the vector store back to ``to`` (default: the parent of the version it names)."""
+    from privacy_pipeline.conversations import vector_store
+
+    layout = vector_store.StoreLayout(store_uri)
+
+    def published(version: str) -> dict[str, Any]:
+        if not registry.VERSION_PATTERN.fullmatch(version) or not storage.exists(layout.manifest(version)):
+            raise StageError(
+                f"{STAGE}: {version} is not a published version of the store {store_uri} "
+                f"({layout.manifest(version)} is missing)"
+            )
+        return vector_store.read_manifest(store_uri, version, STAGE)
+
+    if to is not None:
+        published(to)
+    for _ in range(registry.MAX_CHAMPION_SWAP_ATTEMPTS):
+        latest = vector_store.read_latest(store_uri, STAGE)
+        if latest.pointer is None or latest.version is None:
+            raise StageError(f"{STAGE}: the store {store_uri} has no published version; there is nothing to roll back")
+        current = latest.version
+        note = None
+        target = to
+        if target is None:
+            if latest.pointer.get("action") == "rollback":
+                note = f"latest {current} was set by a rollback; nothing left to undo (name --to to go further back)"
+            else:
+                target = published(current).get("parent_version")
+                if not target:
+                    raise StageError(f"{STAGE}: store version {current} was the first; there is none before it")
+        if note is None and target == current:
+            note = f"{target} is already the store's latest"
+        if note is not None:
+            summary = f"{STAGE}: nothing to do, {note}"
+            return StageResult(
+                stage=STAGE,
+                summary=summary,
+                xcom={
+                    "store_uri": store_uri,
+                    "moved": False,
+                    "latest_version": current,
+                    "by": requested_by,
+                    "note": note,
+                },
+            )
+        assert target is not None
+        manifest = published(target)
+        pointer = {
+            "version": target,
+            "manifest_uri": layout.manifest(target),
+            "published_at": manifest.get("created_at"),
+            "rolled_back_at": registry.timestamp(datetime.now(UTC)),
+            "previous_version": current,
+            "action": "rollback",
+            "by": requested_by,
+            "reason": reason or f"rollback from {current}",
+        }
+        try:
+            storage.compare_and_swap(layout.latest, vector_store.pointer_bytes(pointer), latest.generation)
+        except storage.GenerationMismatch:
+            log.info("store pointer %s moved while rolling back; re-reading", layout.latest)
+            continue
+        summary = f"{STAGE}: store latest moved from {current} to {target} by {requested_by}"
+        log.info("%s", summary)
+        return StageResult(
+            stage=STAGE,
+            summary=summary,
+            xcom={
+                "store_uri": store_uri,
+                "moved": True,
+                "latest_version": target,
+                "previous_latest": current,
+                "by": requested_by,
+                "note": None,
+            },
+        )
+    raise StageError(
+        f"{STAGE}: the store pointer {layout.latest} kept moving under concurrent publishes; rerun rollback"
     )
