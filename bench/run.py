@@ -36,6 +36,7 @@ from typing import Any
 
 import psutil
 
+from bench.ablation import ablation_section, ablation_table
 from bench.datasets import embedded_dataset, write_parquet
 from bench.measure import REPO, BenchFailure, Measured, load_average, machine, run_measured, worker_command
 from bench.serving import serving_section, serving_table, serving_targets
@@ -44,7 +45,7 @@ from privacy_pipeline.config import ConversationsConfig
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("training", "featurize", "search", "dag_parse", "serving", "demo")
+SECTIONS = ("training", "featurize", "search", "dag_parse", "serving", "ablation", "demo")
 WORK = REPO / "bench" / "out"
 AIRFLOW_PYTHON = REPO / ".venv" / "airflow" / "bin" / "python"
 README = REPO / "README.md"
@@ -507,6 +508,7 @@ SECTION_RUNNERS = {
     "search": search_section,
     "dag_parse": dag_parse_section,
     "serving": serving_section,
+    "ablation": ablation_section,
     "demo": demo_section,
 }
 
@@ -811,6 +813,7 @@ def markdown(results: dict[str, Any]) -> str:
         body.append("")
     body += other_table(results, checks)
     body += serving_table(results, checks)
+    body += ablation_table(results)
     for section, error in results.get("errors", {}).items():
         first_line = error.strip().splitlines()[0] if error.strip() else "failed"
         body += ["", f"**{section} failed**: `{first_line[:300]}` (see bench/out/)"]
