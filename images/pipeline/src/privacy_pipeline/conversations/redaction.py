@@ -232,6 +232,10 @@ def _redact_phones(match: re.Match[str], counts: Counter[str]) -> str:
     redacted.
     """
     candidate = match.group(0)
+    digits = _digits(candidate)
+    if len(digits) < MIN_PHONE_DIGITS:
+        # Most candidates: a short number in a sentence, nothing to cut.
+        return candidate
     if _is_phone(candidate):
         counts["phone"] += 1
         return PHONE
