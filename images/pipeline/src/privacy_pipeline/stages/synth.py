@@ -17,6 +17,11 @@ true for the families ``synth_templates.yaml`` holds out: split sends those rows
 to the holdout only, so evaluate can score phrasings the model never trained on.
 The wording itself (slots, templates, roughening vocabulary) lives in that file.
 
+``--embedded`` adds the 584-dim form production data arrives in. Its TF-IDF/SVD
+part is fitted on all the texts, holdout rows included, without labels: it
+stands in for the upstream producer of those embeddings, which fits its own
+encoder on its whole corpus before we split anything (see ``_embedding_frame``).
+
 Deterministic: one ``numpy.random.Generator`` seeded with ``--seed`` drives
 every choice, so the same seed writes a byte-identical file.
 """
