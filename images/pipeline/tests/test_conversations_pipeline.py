@@ -276,6 +276,8 @@ def _text_champion(config: PipelineConfig):
     features, spec = featurize_frame(pd.DataFrame({"id": range(len(texts)), "text": texts}), model_config)
     model = modeling.build_pipeline(spec, {"clf__C": 1.0, "clf__l1_ratio": 0.0}, model_config)
     model.fit(modeling.model_inputs(features, spec, "training texts", "test"), labels)
+    # Saved as train saves it: the fitted SMOTE step dropped (model_io trusts no SMOTE).
+    model.set_params(smote="passthrough")
     return model, spec
 
 
