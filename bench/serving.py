@@ -363,14 +363,15 @@ def serving_table(results: dict[str, Any], checks: dict[str, dict[str, Any]]) ->
         "",
         f"Serving (`privacy-pipeline serve`, Open Inference Protocol over HTTP on 127.0.0.1; {serving['messages']} "
         f"synthetic messages, one per request; tritonclient, one greenlet per client; measured "
-        f"{serving.get('date', results['date'])}, load average after {serving['load_average_after']}, on a machine "
-        "shared with other work, so expect spread):",
+        f"{serving.get('date', results['date'])}, load average before/after "
+        f"{serving.get('load_average_before', '?')} / {serving['load_average_after']}, on a machine shared with "
+        f"other work, so expect spread; a load level starts no request after {LEVEL_BUDGET_SECONDS:.0f} s):",
         "",
-        "| side | clients | msg/s | p50 ms | p99 ms | peak RSS MiB | ratio vs target | met? |",
+        "| side | clients (requests) | msg/s | p50 ms | p99 ms | peak RSS MiB | ratio vs target | met? |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
         f"| bare: featurize + predict_proba in-process, batches of {bare['batch']} (the ceiling) |  | "
-        f"{bare['batch_messages_per_second']:.0f} |  |  | {bare['peak_rss_mib']:.0f} |  |  |",
-        f"| bare: one message at a time ({bare['single_repeats']} calls) | 1 | {1000 / bare['single_p50_ms']:.0f} | "
+        f"{bare['batch_messages_per_second']:.1f} |  |  | {bare['peak_rss_mib']:.0f} |  |  |",
+        f"| bare: one message at a time | 1 ({bare['single_repeats']}) | {1000 / bare['single_p50_ms']:.1f} | "
         f"{bare['single_p50_ms']:.1f} | {bare['single_p99_ms']:.1f} |  |  |  |",
     ]
     for key, label in (("batching_on", "server, micro-batcher on"), ("batching_off", "server, batching off")):
@@ -385,8 +386,8 @@ def serving_table(results: dict[str, Any], checks: dict[str, dict[str, Any]]) ->
                 ratio, met = f"p50 {single['ratio']:.2f}x bare single (<= 1.5x)", _met(single["met"])
             rss = f"{side['server_peak_rss_mib']:.0f}" if count == min(CLIENT_COUNTS) else ""
             lines.append(
-                f"| {label} | {count} | {level['messages_per_second']:.0f} | {level['p50_ms']:.1f} | "
-                f"{level['p99_ms']:.1f} | {rss} | {ratio} | {met} |"
+                f"| {label} | {count} ({level['requests']}) | {level['messages_per_second']:.1f} | "
+                f"{level['p50_ms']:.1f} | {level['p99_ms']:.1f} | {rss} | {ratio} | {met} |"
             )
     return lines
 
