@@ -285,7 +285,7 @@ def _messages(work: Path) -> Path:
 def serving_section(sizes: Any = None) -> dict[str, Any]:
     """Train a champion, then the bare sides and the server with batching on and off, one after another."""
     if not (SERVING_BIN / "privacy-pipeline").exists():
-        raise BenchFailure(f"{SERVING_BIN / 'privacy-pipeline'} is missing; `make setup` builds the serving venv")
+        raise BenchFailure(f"{SERVING_BIN / 'privacy-pipeline'} is missing; `make serving-env` builds the serving venv")
     work = REPO / "bench" / "out" / "serving"
     shutil.rmtree(work, ignore_errors=True)
     log.info("serving: training a text-mode champion on %d rows", TRAIN_ROWS)
