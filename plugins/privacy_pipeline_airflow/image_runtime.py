@@ -28,8 +28,8 @@ from pathlib import Path
 
 from airflow.providers.common.compat.sdk import AirflowException
 
+from privacy_pipeline_airflow.pod_contract import IMAGE_UID
 from privacy_pipeline_airflow.settings import PipelineSettings
-from privacy_pipeline_airflow.stage_pod import IMAGE_UID
 
 log = logging.getLogger(__name__)
 

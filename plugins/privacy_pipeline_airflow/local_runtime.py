@@ -39,20 +39,10 @@ from airflow.providers.common.compat.sdk import AirflowException
 from kubernetes.client import models as k8s
 from kubernetes.utils import parse_quantity
 
+from privacy_pipeline_airflow import image_runtime
+from privacy_pipeline_airflow.pod_contract import BASE_CONTAINER, IMAGE_ENV, SCRATCH_MOUNT, XCOM_MOUNT
 from privacy_pipeline_airflow.pod_failures import OOM_KILLED
 from privacy_pipeline_airflow.settings import PipelineSettings
-
-XCOM_MOUNT = "/airflow/xcom"
-BASE_CONTAINER = "base"
-# The image's ENV (images/pipeline/Dockerfile); a test keeps the two in step.
-IMAGE_ENV = {
-    "HOME": "/tmp",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "MPLCONFIGDIR": "/tmp/matplotlib",
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",
-}
 
 
 class PodFailed(AirflowException):
@@ -192,15 +182,13 @@ def run_pod(pod: k8s.V1Pod, *, runtime: str, settings: PipelineSettings, log: lo
     ):
         root = Path(pod_root)
         mounted = _materialise_volumes(pod, container, cluster, root)
-        scratch = mounted.get("/tmp", root / "scratch")
+        scratch = mounted.get(SCRATCH_MOUNT, root / "scratch")
         scratch.mkdir(parents=True, exist_ok=True)
         xcom_dir = root / "xcom"
         xcom_dir.mkdir()
         if runtime == "image":
             # Inside the image its own ENV and the real mount paths apply: the
             # stage gets the pod's env as resolved and every volume where the pod mounts it.
-            from privacy_pipeline_airflow import image_runtime
-
             working = image_session.enter_context(image_runtime.working_container(settings, pod.metadata.name))
             image_runtime.make_pod_writable(scratch, xcom_dir)
             read_only = {mount.mount_path for mount in container.volume_mounts or [] if mount.read_only}
@@ -208,7 +196,7 @@ def run_pod(pod: k8s.V1Pod, *, runtime: str, settings: PipelineSettings, log: lo
                 working,
                 command,
                 env=_resolve_env(pod, container, cluster),
-                mounts={**mounted, "/tmp": scratch, XCOM_MOUNT: xcom_dir},
+                mounts={**mounted, SCRATCH_MOUNT: scratch, XCOM_MOUNT: xcom_dir},
                 read_only=read_only,
             )
             env = image_runtime.buildah_env()

@@ -21,6 +21,8 @@ from typing import Any
 from kubernetes.client import models as k8s
 from kubernetes.utils import parse_quantity
 
+from privacy_pipeline_airflow.pod_contract import BASE_CONTAINER
+
 OOM_KILLED = "OOMKilled"
 _WAITING_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError"}
 
@@ -34,7 +36,7 @@ class PodFailure:
     at: str
 
 
-def failure_reason(pod: k8s.V1Pod | None, container: str = "base") -> tuple[str, str] | None:
+def failure_reason(pod: k8s.V1Pod | None, container: str = BASE_CONTAINER) -> tuple[str, str] | None:
     """(reason, message) from a pod's status, most specific first."""
     status = getattr(pod, "status", None)
     if status is None:

@@ -21,14 +21,9 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from kubernetes.client import models as k8s
 
 from privacy_pipeline_airflow import pod_failures
+from privacy_pipeline_airflow.pod_contract import GCP_CREDENTIALS_MOUNT, IMAGE_UID, SCRATCH_MOUNT, STAGE_CLI
 from privacy_pipeline_airflow.settings import PipelineSettings, get_settings
 
-STAGE_CLI = "privacy-pipeline"
-BASE_CONTAINER = "base"
-# The image's fixed non-root uid/gid (images/pipeline/Dockerfile).
-IMAGE_UID = 10001
-SCRATCH_MOUNT = "/tmp"
-GCP_CREDENTIALS_MOUNT = "/var/run/secrets/gcp"
 # Only the stage that turns user ids into pseudonyms mounts the key they are made with.
 PSEUDONYMISING_STAGES = frozenset({"conversations-validate"})
 PSEUDONYM_KEY_MOUNT = "/var/run/secrets/pseudonym"
