@@ -35,12 +35,31 @@ lint: setup
 	$(PIPELINE_BIN)/ruff check .
 	cd images/pipeline && ../../$(PIPELINE_BIN)/mypy src
 
-## test: lint, then the stage package's unit tests, then the Airflow-side tests (DAGs, pods, end to end, system, image)
+## test: every tier in order (lint, stage package, DAGs/plugins, end to end, system, images), each timed; a table at the end
 .PHONY: test
+# What the tiers need installed first, timed together as "prerequisites": add to this list.
 # The system tier runs Airflow on PostgreSQL; tests/images scans Dockerfiles, pods and manifests with checkov.
-test: lint postgres checkov
+TEST_PREREQUISITES := setup postgres checkov
+# Each tier is a target test-<tier>, run in this order by tests/tiers.sh; a new tier is a target and a name here.
+TEST_TIERS := lint stage-package dags-plugins e2e system images
+TEST_STARTED := $(shell date +%s)
+AIRFLOW_PYTEST := PATH="$(CURDIR)/$(PIPELINE_BIN):$$PATH" $(AIRFLOW_BIN)/pytest -q
+test: $(TEST_PREREQUISITES)
+	@MAKE="$(MAKE)" bash tests/tiers.sh $(TEST_STARTED) $(TEST_TIERS)
+
+.PHONY: test-lint test-stage-package test-dags-plugins test-e2e test-system test-images
+test-lint: lint
+test-stage-package: setup
 	$(PIPELINE_BIN)/pytest -q images/pipeline/tests
-	PATH="$(CURDIR)/$(PIPELINE_BIN):$$PATH" $(AIRFLOW_BIN)/pytest -q tests
+# Everything under tests/ but the three slow tiers: DAG policy, rendered pods, plugins (and any new folder).
+test-dags-plugins: setup
+	$(AIRFLOW_PYTEST) tests --ignore=tests/e2e --ignore=tests/system --ignore=tests/images
+test-e2e: setup
+	$(AIRFLOW_PYTEST) tests/e2e
+test-system: setup postgres
+	$(AIRFLOW_PYTEST) tests/system
+test-images: setup checkov
+	$(AIRFLOW_PYTEST) tests/images
 
 ## demo: run the training DAG end to end on the embedded default (local Airflow + SQLite, GCS emulator, local pods)
 .PHONY: demo
