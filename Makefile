@@ -7,6 +7,8 @@ PIPELINE_VENV := $(VENV)/pipeline
 AIRFLOW_VENV := $(VENV)/airflow
 PIPELINE_BIN := $(PIPELINE_VENV)/bin
 AIRFLOW_BIN := $(AIRFLOW_VENV)/bin
+SERVING_VENV := $(VENV)/serving
+SERVING_BIN := $(SERVING_VENV)/bin
 
 ## help: list the targets
 .PHONY: help
@@ -39,18 +41,23 @@ lint: setup
 .PHONY: test
 # What the tiers need installed first, timed together as "prerequisites": add to this list.
 # The system tier runs Airflow on PostgreSQL; tests/images scans Dockerfiles, pods and manifests with checkov.
-TEST_PREREQUISITES := setup postgres checkov
+# The serving tier runs in the model server's own venv and drives Debian's chromium.
+TEST_PREREQUISITES := setup postgres checkov serving-env chromium
 # Each tier is a target test-<tier>, run in this order by tests/tiers.sh; a new tier is a target and a name here.
-TEST_TIERS := lint stage-package dags-plugins e2e system images
+TEST_TIERS := lint stage-package serving dags-plugins e2e system images
 TEST_STARTED := $(shell date +%s)
 AIRFLOW_PYTEST := PATH="$(CURDIR)/$(PIPELINE_BIN):$$PATH" $(AIRFLOW_BIN)/pytest -q
 test: $(TEST_PREREQUISITES)
 	@MAKE="$(MAKE)" bash tests/tiers.sh $(TEST_STARTED) $(TEST_TIERS)
 
-.PHONY: test-lint test-stage-package test-dags-plugins test-e2e test-system test-images
+.PHONY: test-lint test-stage-package test-serving test-dags-plugins test-e2e test-system test-images
 test-lint: lint
 test-stage-package: setup
 	$(PIPELINE_BIN)/pytest -q images/pipeline/tests
+# The model server, its batcher and the try-it page in headless Chromium (skipped in the stage-package tier).
+test-serving: serving-env chromium
+	$(SERVING_BIN)/pytest -q images/pipeline/tests/test_serving_batcher.py images/pipeline/tests/test_serving.py \
+		images/pipeline/tests/test_serving_page.py
 # Everything under tests/ but the three slow tiers: DAG policy, rendered pods, plugins (and any new folder).
 test-dags-plugins: setup
 	$(AIRFLOW_PYTEST) tests --ignore=tests/e2e --ignore=tests/system --ignore=tests/images
@@ -75,6 +82,31 @@ demo-conversations: setup
 .PHONY: bench
 bench: setup
 	$(PIPELINE_BIN)/python -m bench.run
+
+## serve: serve the demo's champion (after make demo) on 127.0.0.1:8080 with its try-it page; prints a curl line; Ctrl-C stops it
+.PHONY: serve
+serve: setup serving-env
+	$(SERVING_BIN)/python -m embedded.serve
+
+## serving-env: the model server's venv; kserve 0.21 caps pandas<3 and psutil<6, below the stage package's pins
+.PHONY: serving-env
+serving-env: $(SERVING_VENV)/.installed
+
+# pyproject.toml's pins with requirements-serving.txt's replacing those of the same name, then the stage
+# package itself without its metadata's pins (which name pandas 3).
+$(SERVING_VENV)/.installed: images/pipeline/pyproject.toml images/pipeline/requirements-serving.txt images/pipeline/serving_requirements.py
+	$(PYTHON) -m venv $(SERVING_VENV)
+	$(PYTHON) images/pipeline/serving_requirements.py > $(SERVING_VENV)/requirements.txt
+	$(SERVING_BIN)/pip install --quiet -r $(SERVING_VENV)/requirements.txt
+	$(SERVING_BIN)/pip install --quiet --no-deps -e images/pipeline
+	touch $@
+
+# Debian's chromium and its WebDriver, for the try-it page's browser test.
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+			chromium chromium-driver >/dev/null)
 
 ## airflow: start a local Airflow 3 (api-server + web UI, scheduler, dag-processor, triggerer) on 127.0.0.1:8080 with PostgreSQL; Ctrl-C stops it
 .PHONY: airflow

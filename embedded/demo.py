@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from embedded.serve import DEFAULT_PORT, try_it_lines
 from embedded.stack import BUCKET, REPO, embedded_stack
 
 DAG_ID = "privacy_intent_training"
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(log_file.read_text(encoding="utf-8").splitlines()[-40:]), file=sys.stderr)
             return 1
         print_report(xcoms, run_id, time.monotonic() - started)
+    print(f"\nServe the champion: make serve, then\n{try_it_lines(f'http://127.0.0.1:{DEFAULT_PORT}')}")
     return 0
 
 

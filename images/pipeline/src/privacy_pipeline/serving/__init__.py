@@ -4,7 +4,8 @@
 asyncio micro-batcher), ``metrics`` (Prometheus metrics, request log),
 ``page`` (the try-it page), ``server`` (``privacy-pipeline serve``) and
 ``process`` (a server in a child process, for tests, benchmarks and
-``make serve``). Needs the serving environment (``requirements-serving.txt``).
+``make serve``), ``contract`` (the model name and request body, for callers).
+The server needs the serving environment (``requirements-serving.txt``).
 """
 
 import sys
@@ -15,5 +16,8 @@ import sys
 _argv, sys.argv = sys.argv, sys.argv[:1]
 try:
     import kserve  # noqa: F401
+except ModuleNotFoundError:
+    # The stage environment: `contract` and `process` (a server in a child process) still work there.
+    pass
 finally:
     sys.argv = _argv

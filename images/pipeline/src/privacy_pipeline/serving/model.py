@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +37,10 @@ from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.errors import StageError
 from privacy_pipeline.serving import metrics
 from privacy_pipeline.serving.batcher import MicroBatcher
+from privacy_pipeline.serving.contract import INPUT_NAME, MODEL_NAME
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "privacy-intent"
-INPUT_NAME = "text"
 # Limits a caller can plan for. The sentence model reads 256 word pieces at
 # most, so 20,000 characters is far beyond any message it can use; 1,000
 # messages take a few seconds on CPU, past which a client should split.
@@ -289,8 +287,3 @@ class PrivacyIntentModel(kserve.Model):  # type: ignore[misc]
             requested_outputs=payload.request_outputs,
             use_binary_outputs=payload.use_binary_outputs,
         )
-
-
-def texts_to_request(texts: Sequence[str]) -> dict[str, Any]:
-    """The V2 JSON body that classifies ``texts`` (for curl lines and tests)."""
-    return {"inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [len(texts)], "data": list(texts)}]}

@@ -5,8 +5,10 @@
 
 Runs ``python -m privacy_pipeline.cli serve`` with the interpreter of the
 serving environment (default: this one), so the server is exactly what the
-CLI starts. Its output goes to ``log_path`` (default: a temporary file), never
-to a pipe, so a chatty server cannot block on a full one.
+CLI starts. It imports nothing of the server itself, so the stage environment
+(``make bench``) can use it with ``python=".venv/serving/bin/python"``. The
+server's output goes to ``log_path`` (default: a temporary file), never to a
+pipe, so a chatty server cannot block on a full one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from privacy_pipeline.serving.model import MODEL_NAME
+from privacy_pipeline.serving.contract import MODEL_NAME
 from privacy_pipeline.serving.page import PAGE_PATH
 
 HOST = "127.0.0.1"
@@ -114,7 +116,7 @@ class ServerProcess:
             time.sleep(0.25)
         raise ServerNotReady(f"the server was not ready within {self.ready_timeout:.0f}s:\n{self.log_tail()}")
 
-    def wait_exit(self, timeout: float) -> int:
+    def wait_exit(self, timeout: float | None) -> int:
         assert self.process is not None, "start() first"
         return self.process.wait(timeout)
 

@@ -27,7 +27,7 @@ from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
 from privacy_pipeline.config import PipelineConfig
-from privacy_pipeline.serving.metrics import RequestMetricsMiddleware
+from privacy_pipeline.serving.metrics import INFER_PATH, RequestMetricsMiddleware
 from privacy_pipeline.serving.model import PrivacyIntentModel
 from privacy_pipeline.serving.page import PAGE_PATH, page_html
 from privacy_pipeline.stage_result import StageResult
@@ -70,6 +70,26 @@ class LoopbackModelServer(kserve.ModelServer):  # type: ignore[misc]
         super().setup_event_loop()
 
 
+class JsonBodyMiddleware:
+    """An infer body without ``Inference-Header-Content-Length`` is JSON, as the protocol says.
+
+    kserve 0.21 parses it as JSON only when ``Content-Type`` says so; curl's
+    ``-d`` sends a form type and Triton's client sends none, and both would get
+    a 400 about binary inputs. This sets the type; the SDK still parses.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and INFER_PATH.match(scope.get("path", "")):
+            headers = scope.get("headers", [])
+            if not any(key.lower() == b"inference-header-content-length" for key, _ in headers):
+                kept = [(key, value) for key, value in headers if key.lower() != b"content-type"]
+                scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
 def _add_routes(server: kserve.ModelServer, model: PrivacyIntentModel) -> None:
     """The page and the versioned V2 routes, ahead of the SDK's (which start() adds after these)."""
     if any(getattr(route, "path", None) == PAGE_PATH for route in app.router.routes):
@@ -106,6 +126,8 @@ def _add_routes(server: kserve.ModelServer, model: PrivacyIntentModel) -> None:
     app.add_api_route(versions, versioned_metadata, methods=["GET"], include_in_schema=False)
     app.add_api_route(f"{versions}/ready", versioned_ready, methods=["GET"], include_in_schema=False)
     app.add_api_route(f"{versions}/infer", versioned_infer, methods=["POST"], response_model=None)
+    app.add_middleware(JsonBodyMiddleware)
+    # Added last, so outermost: it also counts what the JSON middleware and the SDK refuse.
     app.add_middleware(RequestMetricsMiddleware)
 
 

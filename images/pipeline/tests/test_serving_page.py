@@ -1,0 +1,96 @@
+"""The try-it page in a real browser: Debian's headless Chromium, driven by selenium through chromium-driver.
+
+A person types a deletion request and presses Classify; the page must show
+the intent the model gives, a bar per intent and the model version. The
+screenshot is kept as a test artifact (its path is printed) for a person to
+look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("kserve", reason="the serving tests run in the serving environment (.venv/serving)")
+pytest.importorskip("selenium", reason="selenium comes with the serving environment (.venv/serving)")
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+from serving_runs import TrainedRegistry, trained_registry
+
+from privacy_pipeline.serving.process import ServerProcess
+
+DELETION_REQUEST = "Hi, please delete my account and erase all the personal data you have on me. Thanks"
+# Debian's packages (make chromium installs them).
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+# Kept after the run for a person to look at (pytest's own temp directories are rotated away).
+ARTIFACTS = Path(__file__).resolve().parents[3] / ".local" / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
+    return trained_registry(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(trained: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with ServerProcess(trained.registry_uri, log_path=tmp_path_factory.mktemp("serve") / "serve.log") as running:
+        yield running
+
+
+@pytest.fixture()
+def browser() -> Iterator[webdriver.Chrome]:
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.fail(
+            f"{CHROMIUM} and {CHROMEDRIVER} are missing: run `make chromium` (Debian's chromium, chromium-driver)"
+        )
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,800"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_a_person_types_a_deletion_request_and_sees_the_intent_bars_and_version(
+    server: ServerProcess, trained: TrainedRegistry, browser: webdriver.Chrome
+) -> None:
+    browser.get(server.page_url)
+    browser.find_element(By.ID, "message").send_keys(DELETION_REQUEST)
+    browser.find_element(By.ID, "classify").click()
+    WebDriverWait(browser, 120).until(expected_conditions.visibility_of_element_located((By.ID, "intent")))
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS / "try-it-page.png"
+    browser.save_screenshot(str(screenshot))
+    print(f"\ntry-it page screenshot: {screenshot}")
+
+    assert browser.find_element(By.ID, "intent").text == "data_deletion"
+    assert browser.find_element(By.ID, "version").text == trained.version
+    rows = browser.find_elements(By.CSS_SELECTOR, "#bars .row")
+    shown = {row.get_attribute("data-intent"): row.find_element(By.CSS_SELECTOR, ".p").text for row in rows}
+    assert set(shown) == set(trained.config.labels)
+    # The top bar is the shown intent's, and the percentages add up to 100.
+    assert max(shown, key=lambda name: float(shown[name].rstrip("%"))) == "data_deletion"
+    assert sum(float(p.rstrip("%")) for p in shown.values()) == pytest.approx(100.0, abs=0.5)
+    assert browser.find_element(By.ID, "error").text == ""
+    assert Path(screenshot).stat().st_size > 0
+
+
+def test_the_page_shows_the_servers_error_for_an_empty_message(
+    server: ServerProcess, browser: webdriver.Chrome
+) -> None:
+    browser.get(server.page_url)
+    browser.find_element(By.ID, "classify").click()
+    WebDriverWait(browser, 60).until(lambda driver: driver.find_element(By.ID, "error").text)
+    assert "message 0 is empty" in browser.find_element(By.ID, "error").text
