@@ -33,7 +33,7 @@ def _pointer(version: str, f1: float = 0.8, previous: str | None = None) -> dict
 
 def _set_champion(registry_uri: str, pointer: dict) -> None:
     snapshot = registry.read_champion(registry_uri)
-    storage.compare_and_swap(RegistryLayout(registry_uri).champion, registry.json_bytes(pointer), snapshot.generation)
+    storage.compare_and_swap(RegistryLayout(registry_uri).champion, storage.json_bytes(pointer), snapshot.generation)
 
 
 # --- layout and versions -------------------------------------------------------------------------------------

@@ -211,7 +211,7 @@ def store_uri(bucket_root: str) -> str:
             {"version": version, "parent_version": parent, "created_at": "2026-11-21T03:30:00Z"},
         )
     pointer = {"version": VERSIONS[1], "manifest_uri": layout.manifest(VERSIONS[1]), "published_at": "x"}
-    storage.compare_and_swap(layout.latest, vector_store.pointer_bytes(pointer), 0)
+    storage.compare_and_swap(layout.latest, storage.json_bytes(pointer), 0)
     return uri
 
 

@@ -23,7 +23,6 @@ so a writer that dies between the two loses no more than that one entry.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -100,17 +99,15 @@ def run_key(run_uri: str) -> str:
 
 
 def version_name(run_uri: str, registered_at: datetime) -> str:
-    """``20261123T021530Z-3fa2c1d0``: sorts by registration time, and the suffix tells runs of one second apart."""
+    """``20261123T021530Z-3fa2c1d0``: sorts by time, and the suffix tells runs of one second apart.
+
+    The name of every published version: registered models and vector-store versions (conversations-publish).
+    """
     return f"{registered_at.astimezone(UTC).strftime(_VERSION_TIME_FORMAT)}-{run_key(run_uri)[:8]}"
 
 
 def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def json_bytes(payload: Any) -> bytes:
-    """The same bytes ``storage.write_json`` writes, for objects moved by compare-and-swap."""
-    return (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
 
 
 def find_registration(registry_uri: str, run_uri: str) -> dict[str, Any] | None:
@@ -143,7 +140,7 @@ def claim_registration(registry_uri: str, run_uri: str, now: datetime) -> dict[s
         "registered_at": timestamp(now),
     }
     try:
-        storage.compare_and_swap(RegistryLayout(registry_uri).by_run(run_uri), json_bytes(entry), 0)
+        storage.compare_and_swap(RegistryLayout(registry_uri).by_run(run_uri), storage.json_bytes(entry), 0)
     except storage.GenerationMismatch as exc:
         raced = find_registration(registry_uri, run_uri)
         if raced is None:
@@ -243,7 +240,7 @@ def cas_update_champion(
                 return snapshot.pointer
         else:
             try:
-                generation = storage.compare_and_swap(uri, json_bytes(new_pointer), snapshot.generation)
+                generation = storage.compare_and_swap(uri, storage.json_bytes(new_pointer), snapshot.generation)
             except storage.GenerationMismatch:
                 pass
             else:

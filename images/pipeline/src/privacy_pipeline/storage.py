@@ -169,9 +169,17 @@ def read_json(uri: str) -> Any:
         raise StageError(f"storage: {uri} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
 
 
+def json_bytes(payload: Any) -> bytes:
+    """The one JSON form of every object we write: indented, keys sorted, UTF-8, a final newline.
+
+    ``write_json`` writes these bytes; compare-and-swap writers (registry
+    pointers, the vector store's ``latest.json``) pass them to ``compare_and_swap``.
+    """
+    return (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
 def write_json(uri: str, payload: Any) -> None:
-    text = json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
-    write_bytes(uri, text.encode("utf-8"), content_type="application/json")
+    write_bytes(uri, json_bytes(payload), content_type="application/json")
 
 
 def list_uris(prefix: str) -> list[str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -303,11 +302,6 @@ def read_index(uri: str, expected_sha256: str | None, stage: str, ef_search: int
     if ef_search is not None:
         set_ef_search(index, ef_search)
     return index
-
-
-def pointer_bytes(pointer: dict[str, Any]) -> bytes:
-    """The bytes ``storage.write_json`` would write, for the pointer moved by compare-and-swap."""
-    return (json.dumps(pointer, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
 
 
 def empty_metadata() -> pd.DataFrame:

@@ -12,7 +12,6 @@ without its files. Earlier versions stay.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -23,17 +22,13 @@ from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.conversations import vector_store
 from privacy_pipeline.conversations.layout import PUBLISH, UPSERT, ConversationsLayout
 from privacy_pipeline.errors import StageError
+from privacy_pipeline.registry import version_name
 from privacy_pipeline.stage_result import StageResult
 from privacy_pipeline.stages.conversations_upsert import candidate_sha256
 
 log = logging.getLogger(__name__)
 
 STAGE = "conversations-publish"
-
-
-def version_name(run_uri: str, created_at: datetime) -> str:
-    """``20261123T033015Z-3fa2c1d0``: sorts by creation time; the suffix tells runs of the same second apart."""
-    return f"{created_at:%Y%m%dT%H%M%SZ}-{hashlib.sha256(run_uri.rstrip('/').encode()).hexdigest()[:8]}"
 
 
 def _result(layout: ConversationsLayout, store_uri: str, manifest: dict[str, Any], already: bool) -> StageResult:
@@ -157,7 +152,7 @@ def run(*, config: PipelineConfig, run_uri: str, store_uri: str) -> StageResult:
     storage.write_json(store.manifest(version), manifest)
     pointer = {"version": version, "manifest_uri": store.manifest(version), "published_at": manifest["created_at"]}
     try:
-        storage.compare_and_swap(store.latest, vector_store.pointer_bytes(pointer), latest.generation)
+        storage.compare_and_swap(store.latest, storage.json_bytes(pointer), latest.generation)
     except storage.GenerationMismatch as exc:
         # Nobody points at the files just written; remove them rather than leave a dead version behind.
         for uri in (store.index(version), store.vectors(version), store.metadata(version), store.manifest(version)):

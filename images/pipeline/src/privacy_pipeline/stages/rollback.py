@@ -202,7 +202,7 @@ def _roll_back_store(store_uri: str, to: str | None, requested_by: str, reason: 
             "reason": reason or f"rollback from {current}",
         }
         try:
-            storage.compare_and_swap(layout.latest, vector_store.pointer_bytes(pointer), latest.generation)
+            storage.compare_and_swap(layout.latest, storage.json_bytes(pointer), latest.generation)
         except storage.GenerationMismatch:
             log.info("store pointer %s moved while rolling back; re-reading", layout.latest)
             continue
