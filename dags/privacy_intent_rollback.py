@@ -24,6 +24,10 @@ this DAG.
 
 from __future__ import annotations
 
+# Named here although stage_pod builds the task on it: the dag-processor pre-imports the airflow.* modules a DAG
+# file names before it forks each parse ([dag_processor] parsing_pre_import_modules), and this one, with the
+# Kubernetes client under it, is most of a parse's cost otherwise (bench/dag_parse.py).
+import airflow.providers.cncf.kubernetes.operators.pod  # noqa: F401
 import pendulum
 from airflow.sdk import DAG, Param
 

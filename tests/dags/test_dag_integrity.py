@@ -59,3 +59,25 @@ def test_dag_file_imports_no_ml_libraries_at_parse_time(dag_file: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "plugins")}
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("dag_file", DAG_FILES, ids=[p.name for p in DAG_FILES])
+def test_dag_file_names_the_pod_operator_so_the_dag_processor_pre_imports_it(dag_file: Path) -> None:
+    # The dag-processor imports the airflow.* modules a DAG file names before it forks each parse
+    # ([dag_processor] parsing_pre_import_modules); what the file loads only through our plugin, every parse
+    # pays again. The pod operator and the Kubernetes client under it are most of that cost.
+    probe = (
+        "import importlib, importlib.util, json, sys\n"
+        "from airflow.utils.file import iter_airflow_imports\n"
+        f"for name in iter_airflow_imports({str(dag_file)!r}):\n"
+        "    importlib.import_module(name)\n"
+        "before = set(sys.modules)\n"
+        f"spec = importlib.util.spec_from_file_location('dag_under_test', {str(dag_file)!r})\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "loaded = set(sys.modules) - before\n"
+        "print(json.dumps(sorted(m for m in loaded if m.split('.')[0] in ('kubernetes', 'kubernetes_asyncio')\n"
+        "    or m.startswith('airflow.providers.cncf.kubernetes'))[:5]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "plugins")}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
