@@ -18,19 +18,28 @@ import logging
 import warnings
 from typing import Any
 
-import kserve
-from fastapi import Request, Response
-from fastapi.responses import HTMLResponse
-from kserve.errors import ModelNotFound
-from kserve.model_server import app
-from kserve.protocol.rest.v2_datamodels import InferenceRequest
-from kserve.protocol.rest.v2_endpoints import V2Endpoints
-
 from privacy_pipeline.config import PipelineConfig
-from privacy_pipeline.serving.metrics import INFER_PATH, RequestMetricsMiddleware
-from privacy_pipeline.serving.model import PrivacyIntentModel
+from privacy_pipeline.errors import StageError
 from privacy_pipeline.serving.page import PAGE_PATH, page_html
 from privacy_pipeline.stage_result import StageResult
+
+try:
+    import kserve
+    from fastapi import Request, Response
+    from fastapi.responses import HTMLResponse
+    from kserve.errors import ModelNotFound
+    from kserve.model_server import app
+    from kserve.protocol.rest.v2_datamodels import InferenceRequest
+    from kserve.protocol.rest.v2_endpoints import V2Endpoints
+
+    from privacy_pipeline.serving.metrics import INFER_PATH, RequestMetricsMiddleware
+    from privacy_pipeline.serving.model import PrivacyIntentModel
+except ModuleNotFoundError as missing:
+    # `privacy-pipeline serve` from the stage environment: say where the server runs instead of a traceback.
+    raise StageError(
+        f"serve: {missing.name} is not installed in this environment; the model server has its own "
+        "(make serving-env), run .venv/serving/bin/privacy-pipeline serve ..."
+    ) from missing
 
 log = logging.getLogger(__name__)
 
