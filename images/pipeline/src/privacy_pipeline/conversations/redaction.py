@@ -242,12 +242,12 @@ def _redact_phones(match: re.Match[str], counts: Counter[str]) -> str:
     pieces: list[list[re.Match[str]]] = [[]]
     piece_digits = 0
     for group in _PHONE_GROUP.finditer(candidate):
-        digits = len(_digits(group.group(0)))
-        if pieces[-1] and piece_digits + digits > MAX_PHONE_DIGITS:
+        group_digits = len(_digits(group.group(0)))
+        if pieces[-1] and piece_digits + group_digits > MAX_PHONE_DIGITS:
             pieces.append([])
             piece_digits = 0
         pieces[-1].append(group)
-        piece_digits += digits
+        piece_digits += group_digits
     redacted, position = [], 0
     for piece in pieces:
         # A single group longer than any phone number (a tracking number) is left alone.
