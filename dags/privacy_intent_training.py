@@ -27,9 +27,11 @@ backfill replaces its outputs. Data stays in the bucket; **XCom** carries only s
 | `tune` (per shard) | `shard`, `num_shards`, `candidates`, `best_candidate_id`, `best_score`, `shard_uri` |
 | `select_best` | `best_candidate_id`, `best_params`, `cv_f1_macro`, `n_candidates` |
 | `train` | `model_uri`, `params`, `train_rows`, `resampled_rows`, `fit_seconds` |
-| `evaluate` | `metrics_uri`, `f1_macro`, `accuracy`, `roc_auc_ovr`, `baseline_f1_macro`, `plot_uris` |
+| `evaluate` | `metrics_uri`, `f1_macro`, `f1_macro_unseen`, `f1_macro_seen` (and their baselines), `accuracy`, |
+|  | `roc_auc_ovr`, `baseline_f1_macro`, `phrasing_note`, `plot_uris` |
 | `register` | `model_version`, `model_uri`, `promoted`, `decision_reason`, `candidate_f1_macro`, |
-|  | `champion_f1_macro` (on this holdout), `champion_version` |
+|  | `champion_f1_macro` (on this holdout), `champion_version`, `compared_against`, `compared_rows`, |
+|  | `f1_macro_difference`, `difference_interval` (the paired bootstrap's), `excluded_rows` |
 
 **Params** (manual trigger): `data_prefix` (a prefix inside the bucket; empty = the `ds` partition),
 `search` (grid/random), `n_trials` (random search), `num_shards` (tune pods), `promote`.
