@@ -11,10 +11,29 @@ from kubernetes.client import models as k8s
 from privacy_pipeline_airflow.stage_pod import StagePodOperator
 
 
-def task_context(dag: Any, task_id: str, *, ds: str, run_id: str, params: dict | None = None, map_index: int = -1):
+def task_context(
+    dag: Any,
+    task_id: str,
+    *,
+    ds: str,
+    run_id: str,
+    params: dict | None = None,
+    map_index: int = -1,
+    triggering_user: str | None = None,
+):
     resolved = {**dag.params.dump(), **(params or {})}
     ti = SimpleNamespace(dag_id=dag.dag_id, task_id=task_id, map_index=map_index, try_number=1)
-    return {"ds": ds, "run_id": run_id, "params": resolved, "ti": ti, "dag": dag, "task": dag.get_task(task_id)}
+    # A real run's context always has dag_run; templates may read who triggered it.
+    dag_run = SimpleNamespace(dag_id=dag.dag_id, run_id=run_id, triggering_user_name=triggering_user)
+    return {
+        "ds": ds,
+        "run_id": run_id,
+        "params": resolved,
+        "ti": ti,
+        "dag_run": dag_run,
+        "dag": dag,
+        "task": dag.get_task(task_id),
+    }
 
 
 def render_task(dag: Any, task: Any, context: dict) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import kubernetes_validate
 import pytest
@@ -29,8 +28,7 @@ def dag():
 
 
 def _pod(dag, **params):
-    context = task_context(dag, "rollback", ds="2026-11-23", run_id=RUN_ID, params=params)
-    context["dag_run"] = SimpleNamespace(triggering_user_name="alice", run_id=RUN_ID)
+    context = task_context(dag, "rollback", ds="2026-11-23", run_id=RUN_ID, params=params, triggering_user="alice")
     task = render_task(dag, dag.get_task("rollback"), context)
     return task.build_pod_request_obj(context, dry_run=True)
 
