@@ -7,99 +7,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
-
-from embedded.services import RunningAirflow, running_airflow
-from embedded.stack import BUCKET, PROJECT
+from live_airflow import FAST, RUN_TIMEOUT, TRAINING, WATCH, registry_runs, runs, synth, trigger, wait_for_run, xcom
 
 pytestmark = pytest.mark.system
-TRAINING = "privacy_intent_training"
-WATCH = "privacy_intent_data_watch"
-FAST = {"num_shards": 1, "search": "random", "n_trials": 3}
-RUN_TIMEOUT = 600
-
-
-# Airflow's fast settings for a test run: the services poll, heartbeat and re-parse every second or two
-# instead of Airflow's production intervals, and the scheduler creates no scheduled runs. Triggered and
-# backfill runs still run, and the next scheduled run is still computed (by the dag-processor) and checked.
-FAST_AIRFLOW = {
-    "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-    "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-    "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
-    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
-    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
-    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-}
-
-
-@pytest.fixture(scope="module")
-def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAirflow]:
-    home: Path = tmp_path_factory.mktemp("airflow-system")
-    env = {**FAST_AIRFLOW, "PIPELINE_RETRIES": "0", "PIPELINE_UPLOAD_INACTIVITY_SECONDS": "5"}
-    with running_airflow(home, extra_env=env) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def bucket(airflow: RunningAirflow) -> storage.Bucket:
-    import os
-
-    os.environ["STORAGE_EMULATOR_HOST"] = airflow.stack.emulator_host
-    return storage.Client(project=PROJECT, credentials=AnonymousCredentials()).bucket(BUCKET)
-
-
-def _synth(airflow: RunningAirflow, key: str, rows: int, seed: int) -> None:
-    airflow.stack.pipeline("synth", "--out", f"gs://{BUCKET}/{key}", "--rows", str(rows), "--seed", str(seed))
-
-
-def _wait_for_run(airflow: RunningAirflow, dag_id: str, run_id: str, timeout: float = RUN_TIMEOUT) -> str:
-    deadline = time.monotonic() + timeout
-    state = "unknown"
-    while time.monotonic() < deadline:
-        status, body = airflow.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
-        state = body.get("state", "unknown") if status == 200 else "unknown"
-        if state in ("success", "failed"):
-            return state
-        time.sleep(3)
-    raise AssertionError(f"{dag_id} run {run_id} still {state} after {timeout:.0f}s")
-
-
-def _runs(airflow: RunningAirflow, dag_id: str) -> list[dict]:
-    status, body = airflow.api("GET", f"/dags/{dag_id}/dagRuns?limit=100")
-    assert status == 200, body
-    return body["dag_runs"]
-
-
-def _xcom(airflow: RunningAirflow, run_id: str, task_id: str) -> dict:
-    status, body = airflow.api(
-        "GET", f"/dags/{TRAINING}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
-    )
-    assert status == 200, body
-    value = body["value"]
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def _registry_runs(bucket: storage.Bucket) -> list[dict]:
-    return [json.loads(blob.download_as_bytes()) for blob in bucket.list_blobs(prefix="registry/runs/")]
-
-
-def _trigger(airflow: RunningAirflow, dag_id: str, conf: dict, logical_date: str | None = None) -> tuple[int, dict]:
-    return airflow.api("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": logical_date, "conf": conf})
-
-
-@pytest.fixture(scope="module")
-def unpaused_training(airflow: RunningAirflow, bucket) -> None:
-    # The scheduler starts runs of unpaused DAGs only; with use_job_schedule off, unpausing creates no
-    # scheduled run of its own to wait behind (max_active_runs=1).
-    status, body = airflow.api("PATCH", f"/dags/{TRAINING}", {"is_paused": False})
-    assert status == 200, body
 
 
 def test_every_service_listens_on_loopback_only(airflow) -> None:
@@ -120,13 +33,13 @@ def test_every_service_listens_on_loopback_only(airflow) -> None:
 
 
 def test_rest_trigger_with_params_runs_to_success(airflow, bucket, unpaused_training) -> None:
-    _synth(airflow, "raw/privacy_intent/manual-a/part-0000.csv", 1220, 2)
-    status, run = _trigger(airflow, TRAINING, {**FAST, "data_prefix": "raw/privacy_intent/manual-a/"})
+    synth(airflow, "raw/privacy_intent/manual-a/part-0000.csv", 1220, 2)
+    status, run = trigger(airflow, TRAINING, {**FAST, "data_prefix": "raw/privacy_intent/manual-a/"})
     assert status == 200, run
-    assert _wait_for_run(airflow, TRAINING, run["dag_run_id"]) == "success"
-    assert _xcom(airflow, run["dag_run_id"], "ingest")["rows"] == 1220
-    register = _xcom(airflow, run["dag_run_id"], "register")
-    assert register["model_version"] in {record["version"] for record in _registry_runs(bucket)}
+    assert wait_for_run(airflow, TRAINING, run["dag_run_id"]) == "success"
+    assert xcom(airflow, run["dag_run_id"], "ingest")["rows"] == 1220
+    register = xcom(airflow, run["dag_run_id"], "register")
+    assert register["model_version"] in {record["version"] for record in registry_runs(bucket)}
 
 
 @pytest.mark.parametrize(
@@ -139,31 +52,31 @@ def test_rest_trigger_with_params_runs_to_success(airflow, bucket, unpaused_trai
     ],
 )
 def test_bad_params_are_rejected_with_a_clear_message(airflow, conf, field) -> None:
-    before = len(_runs(airflow, TRAINING))
-    status, body = _trigger(airflow, TRAINING, conf)
+    before = len(runs(airflow, TRAINING))
+    status, body = trigger(airflow, TRAINING, conf)
     assert status == 400
     assert field in body["detail"]
-    assert len(_runs(airflow, TRAINING)) == before
+    assert len(runs(airflow, TRAINING)) == before
 
 
 def test_an_upload_starts_exactly_one_run_that_trains_on_it(airflow, bucket, unpaused_training) -> None:
     # That the same bytes uploaded again start no run is tests/e2e/test_data_watch.py's (with new content: one more).
     assert airflow.api("PATCH", f"/dags/{WATCH}", {"is_paused": False})[0] == 200
-    _synth(airflow, "incoming/privacy_intent/batch-1/part-0000.csv", 1250, 3)
-    status, watch_run = _trigger(airflow, WATCH, {})
+    synth(airflow, "incoming/privacy_intent/batch-1/part-0000.csv", 1250, 3)
+    status, watch_run = trigger(airflow, WATCH, {})
     assert status == 200, watch_run
-    assert _wait_for_run(airflow, WATCH, watch_run["dag_run_id"]) == "success"
-    uploads = [run for run in _runs(airflow, TRAINING) if run["dag_run_id"].startswith("upload__batch-1__")]
+    assert wait_for_run(airflow, WATCH, watch_run["dag_run_id"]) == "success"
+    uploads = [run for run in runs(airflow, TRAINING) if run["dag_run_id"].startswith("upload__batch-1__")]
     assert len(uploads) == 1
-    assert _wait_for_run(airflow, TRAINING, uploads[0]["dag_run_id"]) == "success"
-    assert _xcom(airflow, uploads[0]["dag_run_id"], "ingest")["rows"] == 1250
+    assert wait_for_run(airflow, TRAINING, uploads[0]["dag_run_id"]) == "success"
+    assert xcom(airflow, uploads[0]["dag_run_id"], "ingest")["rows"] == 1250
 
 
 def test_backfill_of_three_dates_reads_each_partition_and_faces_the_champion(airflow, bucket, unpaused_training):
     dates = ["2026-11-02", "2026-11-03", "2026-11-04"]
     for offset, ds in enumerate(dates):
-        _synth(airflow, f"raw/privacy_intent/ds={ds}/part-0000.csv", 1200 + 10 * offset, 10 + offset)
-    registered_before = len(_registry_runs(bucket))
+        synth(airflow, f"raw/privacy_intent/ds={ds}/part-0000.csv", 1200 + 10 * offset, 10 + offset)
+    registered_before = len(registry_runs(bucket))
     airflow.stack.airflow(
         "backfill", "create", "--dag-id", TRAINING,
         "--from-date", f"{dates[0]}T00:00:00+00:00", "--to-date", f"{dates[-1]}T23:59:59+00:00",
@@ -171,20 +84,20 @@ def test_backfill_of_three_dates_reads_each_partition_and_faces_the_champion(air
     )  # fmt: skip
     deadline = time.monotonic() + 3 * RUN_TIMEOUT
     while time.monotonic() < deadline:
-        backfills = [run for run in _runs(airflow, TRAINING) if run["run_type"] == "backfill"]
+        backfills = [run for run in runs(airflow, TRAINING) if run["run_type"] == "backfill"]
         if len(backfills) == 3 and all(run["state"] in ("success", "failed") for run in backfills):
             break
         time.sleep(5)
     assert sorted(run["state"] for run in backfills) == ["success"] * 3
     for offset, run in enumerate(sorted(backfills, key=lambda r: r["logical_date"])):
         assert run["logical_date"].startswith(dates[offset])
-        assert _xcom(airflow, run["dag_run_id"], "wait_for_data") == [
+        assert xcom(airflow, run["dag_run_id"], "wait_for_data") == [
             f"raw/privacy_intent/ds={dates[offset]}/part-0000.csv"
         ]
-        assert _xcom(airflow, run["dag_run_id"], "ingest")["rows"] == 1200 + 10 * offset
+        assert xcom(airflow, run["dag_run_id"], "ingest")["rows"] == 1200 + 10 * offset
         if offset:  # each later date's candidate was judged against the champion on that date's holdout
-            assert _xcom(airflow, run["dag_run_id"], "register")["champion_f1_macro"] is not None
-    records = _registry_runs(bucket)
+            assert xcom(airflow, run["dag_run_id"], "register")["champion_f1_macro"] is not None
+    records = registry_runs(bucket)
     assert len(records) == registered_before + 3
     champion = json.loads(bucket.blob("registry/champion.json").download_as_bytes())
     assert champion["version"] in {record["version"] for record in records}
@@ -202,21 +115,21 @@ def test_the_next_scheduled_run_is_at_two_utc(airflow, unpaused_training) -> Non
 def test_a_failed_task_cleared_completes_without_duplicate_registry_entries(airflow, bucket, unpaused_training):
     key = "raw/privacy_intent/manual-b/part-0000.csv"
     bucket.blob(key).upload_from_string(b"PAR1 this is not a parquet file nor a csv with labels")
-    status, run = _trigger(airflow, TRAINING, {**FAST, "data_prefix": "raw/privacy_intent/manual-b/"})
+    status, run = trigger(airflow, TRAINING, {**FAST, "data_prefix": "raw/privacy_intent/manual-b/"})
     run_id = run["dag_run_id"]
-    assert _wait_for_run(airflow, TRAINING, run_id) == "failed"
+    assert wait_for_run(airflow, TRAINING, run_id) == "failed"
     status, ingest = airflow.api("GET", f"/dags/{TRAINING}/dagRuns/{run_id}/taskInstances/ingest")
     assert ingest["state"] == "failed"
 
     bucket.blob(key).delete()
-    _synth(airflow, key, 1210, 4)
+    synth(airflow, key, 1210, 4)
     clear = {"dag_run_id": run_id, "only_failed": True, "dry_run": False, "reset_dag_runs": True}
     assert airflow.api("POST", f"/dags/{TRAINING}/clearTaskInstances", clear)[0] == 200
-    assert _wait_for_run(airflow, TRAINING, run_id) == "success"
-    version = _xcom(airflow, run_id, "register")["model_version"]
+    assert wait_for_run(airflow, TRAINING, run_id) == "success"
+    version = xcom(airflow, run_id, "register")["model_version"]
 
     # Clearing register again re-registers the same run: still one record.
     clear_register = {**clear, "only_failed": False, "task_ids": ["register"]}
     assert airflow.api("POST", f"/dags/{TRAINING}/clearTaskInstances", clear_register)[0] == 200
-    assert _wait_for_run(airflow, TRAINING, run_id) == "success"
-    assert [r["version"] for r in _registry_runs(bucket)].count(version) == 1
+    assert wait_for_run(airflow, TRAINING, run_id) == "success"
+    assert [r["version"] for r in registry_runs(bucket)].count(version) == 1
