@@ -142,6 +142,14 @@ def pseudonym_key(home: Path) -> str:
     return key
 
 
+# The pipeline config's ConfigMap, the same file the cluster applies: every stage pod mounts it.
+PIPELINE_CONFIG_MANIFEST = REPO / "deploy" / "k8s" / "pipeline-config.yaml"
+
+
+def pipeline_config_manifest() -> dict:
+    return yaml.safe_load(PIPELINE_CONFIG_MANIFEST.read_text(encoding="utf-8"))
+
+
 def _cluster_manifests(emulator_host: str, gcp_credentials: str | None, pseudonym: str) -> str:
     """What `kubectl apply` would create in the namespace; the local runtime resolves pod env from it."""
     config_map = {
@@ -156,6 +164,7 @@ def _cluster_manifests(emulator_host: str, gcp_credentials: str | None, pseudony
     }
     manifests: list[dict] = [
         config_map,
+        pipeline_config_manifest(),
         {
             "apiVersion": "v1",
             "kind": "Secret",

@@ -35,6 +35,8 @@ for path in (REPO / "plugins", REPO):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from embedded.stack import PIPELINE_CONFIG_MANIFEST  # noqa: E402  (the repository root is on sys.path only now)
+
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "e2e: runs DAGs through `airflow dags test` on the embedded stack (minutes)")
@@ -44,7 +46,7 @@ def pytest_configure(config) -> None:
 
 @pytest.fixture
 def cluster_file(tmp_path: Path) -> Path:
-    """The ConfigMap and Secret the stage pods' env comes from, as the local pod runtime reads them."""
+    """The ConfigMaps and Secret of the stage pods' env and pipeline config, as the local pod runtime reads them."""
     path = tmp_path / "cluster.yaml"
     path.write_text(
         textwrap.dedent(
@@ -58,8 +60,10 @@ def cluster_file(tmp_path: Path) -> Path:
             kind: Secret
             metadata: {name: privacy-pipeline-gcp}
             stringData: {credentials.json: '{"type": "service_account"}'}
+            ---
             """
-        ),
+        )
+        + PIPELINE_CONFIG_MANIFEST.read_text(encoding="utf-8"),
         encoding="utf-8",
     )
     return path

@@ -6,8 +6,9 @@ env exactly as rendered and resolve what a kubelet would: ``configMapRef`` /
 ``secretRef`` / ``*KeyRef`` values from Kubernetes ConfigMap and Secret
 manifests in ``PIPELINE_LOCAL_CLUSTER_FILE``, ``fieldRef`` from the pod's
 metadata, and volumes as temp directories (emptyDir empty, Secret/ConfigMap
-volumes holding their keys as files; env values under a mount path are
-pointed at its directory). The process starts with no environment but the
+volumes holding their keys as files; env values and arguments under a mount
+path, such as ``--config /etc/privacy-pipeline/pipeline.yaml``, are pointed at
+its directory). The process starts with no environment but the
 pod's and the image's own ``ENV``, gets ``XCOM_RETURN_PATH`` pointing into
 its XCom volume, and its XCom JSON is returned as the sidecar would return it.
 
@@ -148,16 +149,17 @@ def _resolve_env(pod: k8s.V1Pod, container: k8s.V1Container, cluster: LocalClust
     return env
 
 
+def _local_path(value: str, mounted: Mapping[str, Path]) -> str:
+    """A path under a mount (``/etc/privacy-pipeline/pipeline.yaml``) as the local directory standing in for it."""
+    for mount_path, directory in mounted.items():
+        if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+            return str(directory) + value[len(mount_path.rstrip("/")) :]
+    return value
+
+
 def _point_into_volumes(env: Mapping[str, str], mounted: Mapping[str, Path]) -> dict[str, str]:
     """An env value naming a path under a mount (GOOGLE_APPLICATION_CREDENTIALS) points at its local directory."""
-    resolved = {}
-    for name, value in env.items():
-        for mount_path, directory in mounted.items():
-            if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
-                value = str(directory) + value[len(mount_path.rstrip("/")) :]
-                break
-        resolved[name] = value
-    return resolved
+    return {name: _local_path(value, mounted) for name, value in env.items()}
 
 
 def _termination_message(returncode: int, stderr_tail: list[str]) -> str:
@@ -217,7 +219,8 @@ def run_pod(pod: k8s.V1Pod, *, runtime: str, settings: PipelineSettings, log: lo
             executable = shutil.which(command[0], path=path)
             if executable is None:
                 raise AirflowException(f"local runtime: {command[0]!r} is not on {path}; set PIPELINE_LOCAL_BIN_DIR")
-            argv = [executable, *command[1:]]
+            # Arguments naming a mounted file (--config) point at its local copy, as env values do.
+            argv = [executable, *(_local_path(arg, mounted) for arg in command[1:])]
         log.info("Running pod %s locally (%s runtime): %s", pod.metadata.name, runtime, " ".join(command))
         limits = (container.resources.limits or {}) if container.resources else {}
         memory_limit = int(parse_quantity(limits["memory"])) if "memory" in limits else None

@@ -20,6 +20,11 @@ SCRATCH_MOUNT = "/tmp"
 # Where the XCom sidecar reads return.json from.
 XCOM_MOUNT = "/airflow/xcom"
 GCP_CREDENTIALS_MOUNT = "/var/run/secrets/gcp"
+# Where every stage pod finds the pipeline config (the ConfigMap privacy-pipeline-config, key pipeline.yaml),
+# and the --config the stage CLI gets.
+PIPELINE_CONFIG_MOUNT = "/etc/privacy-pipeline"
+PIPELINE_CONFIG_KEY = "pipeline.yaml"
+PIPELINE_CONFIG_FILE = f"{PIPELINE_CONFIG_MOUNT}/{PIPELINE_CONFIG_KEY}"
 # The image's ENV, which the local runtime applies under the pod's own env.
 IMAGE_ENV = {
     "HOME": "/tmp",

@@ -91,6 +91,9 @@ class PipelineSettings(BaseSettings):
     vector_store_prefix: str = "vector_store/conversations"
     # Non-secret env for every stage pod (e.g. GOOGLE_CLOUD_PROJECT).
     env_configmap: str = "privacy-pipeline-env"
+    # The pipeline config (deploy/k8s/pipeline-config.yaml, key pipeline.yaml): mounted read-only into every
+    # stage pod, which gets --config pointing at it. Empty: the stages run on the config's defaults in code.
+    pipeline_configmap: str = "privacy-pipeline-config"
     # Kubernetes Secret holding GCP credentials as credentials.json; mounted as
     # a file, never copied into env values. Empty when the node's identity
     # (workload identity federation) is enough.

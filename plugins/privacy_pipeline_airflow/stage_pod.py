@@ -4,7 +4,8 @@ Every stage task is ``stage_pod("<stage>", *args)``: the image's
 ``privacy-pipeline <stage>`` CLI in a pod that meets the Pod Security Standard
 "restricted" profile on every container (the XCom sidecar included), with a
 writable emptyDir for scratch under a read-only root filesystem, env from a
-ConfigMap, GCP credentials mounted from a Secret (never copied into values),
+ConfigMap, the pipeline config from another ConfigMap mounted read-only and
+passed as ``--config``, GCP credentials mounted from a Secret (never copied into values),
 per-stage requests and limits, retries with exponential backoff, startup and
 active deadlines, logs streamed to the task log and the XCom JSON pushed.
 
@@ -21,7 +22,14 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from kubernetes.client import models as k8s
 
 from privacy_pipeline_airflow import pod_failures
-from privacy_pipeline_airflow.pod_contract import GCP_CREDENTIALS_MOUNT, IMAGE_UID, SCRATCH_MOUNT, STAGE_CLI
+from privacy_pipeline_airflow.pod_contract import (
+    GCP_CREDENTIALS_MOUNT,
+    IMAGE_UID,
+    PIPELINE_CONFIG_FILE,
+    PIPELINE_CONFIG_MOUNT,
+    SCRATCH_MOUNT,
+    STAGE_CLI,
+)
 from privacy_pipeline_airflow.settings import PipelineSettings, get_settings
 
 # Only the stage that turns user ids into pseudonyms mounts the key they are made with.
@@ -123,6 +131,15 @@ def _volumes(settings: PipelineSettings, stage: str) -> tuple[list[k8s.V1Volume]
         )
     ]
     mounts = [k8s.V1VolumeMount(name="scratch", mount_path=SCRATCH_MOUNT)]
+    if settings.pipeline_configmap:
+        # Not optional: a pod without the cluster's config would silently run on the defaults in code.
+        volumes.append(
+            k8s.V1Volume(
+                name="pipeline-config",
+                config_map=k8s.V1ConfigMapVolumeSource(name=settings.pipeline_configmap, default_mode=0o444),
+            )
+        )
+        mounts.append(k8s.V1VolumeMount(name="pipeline-config", mount_path=PIPELINE_CONFIG_MOUNT, read_only=True))
     if settings.gcp_credentials_secret:
         volumes.append(
             k8s.V1Volume(
@@ -225,11 +242,15 @@ def stage_pod_kwargs(stage: str, settings: PipelineSettings | None = None) -> di
 
 
 def stage_arguments(stage: str, *stage_args: str, config_overrides: dict[str, str] | None = None) -> list[str]:
-    """``privacy-pipeline [--set k=v ...] <stage> <args>``: global flags go before the subcommand."""
+    """``privacy-pipeline [--config FILE] [--set k=v ...] <stage> <args>``: global flags go before the subcommand.
+
+    ``--config`` is the mounted ConfigMap; each ``--set`` (from Params) overrides one key of it for this run.
+    """
+    config = ["--config", PIPELINE_CONFIG_FILE] if get_settings().pipeline_configmap else []
     overrides = [part for key, value in (config_overrides or {}).items() for part in ("--set", f"{key}={value}")]
     if stage == "featurize" and get_settings().featurize_gpu.enabled:
         overrides += ["--set", "featurize.device=cuda"]
-    return [*overrides, stage, *stage_args]
+    return [*config, *overrides, stage, *stage_args]
 
 
 def stage_pod(

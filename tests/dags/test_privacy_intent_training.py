@@ -165,11 +165,14 @@ def test_data_prefix_param_replaces_the_partition(dag) -> None:
 
 def test_every_stage_gets_the_same_config_from_the_params(dag) -> None:
     params = {"promote": False, "search": "random", "n_trials": 7}
-    expected = ["--set", "tune.search=random", "--set", "tune.n_trials=7", "--set", "register.promote=false"]
+    expected = [
+        "--config", "/etc/privacy-pipeline/pipeline.yaml",
+        "--set", "tune.search=random", "--set", "tune.n_trials=7", "--set", "register.promote=false",
+    ]  # fmt: skip
     pods = _all_pods(dag, ds=DS, run_id=RUN_ID, params=params)
     for task_id, pod in pods.items():
         args = pod.spec.containers[0].args
-        stage = next(a for a in args if not a.startswith("--") and "=" not in a)
-        assert args[: args.index(stage)] == expected, task_id
+        assert args[: len(expected)] == expected, task_id
+        assert not args[len(expected)].startswith("-"), task_id  # then the stage's subcommand
     register_args = pods["register"].spec.containers[0].args
     assert register_args[register_args.index("--registry") + 1] == "gs://privacy-intent-data/registry/"

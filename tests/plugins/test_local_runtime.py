@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from kubernetes.client import models as k8s
 
+from embedded.stack import PIPELINE_CONFIG_MANIFEST
 from privacy_pipeline_airflow.local_runtime import LocalCluster, PodFailed, run_pod
 from privacy_pipeline_airflow.settings import PipelineSettings
 from privacy_pipeline_airflow.stage_pod import stage_pod_kwargs
@@ -114,7 +115,9 @@ def test_memory_over_the_limit_is_oomkilled(fake_bin, cluster_file) -> None:
 def test_a_missing_configmap_is_a_clear_error(fake_bin, tmp_path) -> None:
     only_secret = tmp_path / "only-secret.yaml"
     only_secret.write_text(
-        "kind: Secret\nmetadata: {name: privacy-pipeline-gcp}\nstringData: {a: b}\n", encoding="utf-8"
+        "kind: Secret\nmetadata: {name: privacy-pipeline-gcp}\nstringData: {a: b}\n---\n"
+        + PIPELINE_CONFIG_MANIFEST.read_text(encoding="utf-8"),
+        encoding="utf-8",
     )
     settings = _settings(fake_bin, only_secret)
     pod = _pod(settings, ["validate"])

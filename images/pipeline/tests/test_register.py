@@ -8,6 +8,7 @@ and commit markers written by hand.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import multiprocessing
 import os
@@ -27,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from privacy_pipeline import model_io, registry, storage
-from privacy_pipeline.config import INTENTS, PipelineConfig
+from privacy_pipeline.config import INTENTS, PipelineConfig, config_sha256, load_config
 from privacy_pipeline.errors import StageError
 from privacy_pipeline.registry import RegistryLayout
 from privacy_pipeline.run_layout import RunLayout
@@ -244,6 +245,27 @@ def test_metadata_records_lineage_config_and_image(
     assert metadata["image_tag"] == "europe-docker.pkg.dev/p/pipeline:1.2.3"
     assert metadata["sentence_model"] == "all-MiniLM-L6-v2"
     assert metadata["sentence_model_version"] == "0.1.0"
+
+
+def test_the_run_record_keeps_the_effective_config_its_hash_and_the_config_files_hash(
+    tmp_path: Path, registry_uri: str, models
+) -> None:
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text("validate:\n  max_bad_row_fraction: 0.04\n", encoding="utf-8")
+    config = load_config(str(config_file), ["tune.search=random"])
+    run = _write_run(tmp_path, "first", models[0])
+    version = register.run(config=config, run_uri=run.uri, registry_uri=registry_uri).xcom["model_version"]
+
+    record = registry.read_run_record(registry_uri, version)
+    assert record is not None
+    assert record["config"]["validate"]["max_bad_row_fraction"] == 0.04
+    assert record["config"]["tune"]["search"] == "random"  # the --set override is part of the effective config
+    assert record["config_sha256"] == config_sha256(config) != config_sha256(CONFIG)
+    # The file's hash alone is what the data watch compares with the cluster's config: overrides leave it be.
+    assert record["config_source_sha256"] == hashlib.sha256(config_file.read_bytes()).hexdigest()
+    assert load_config(str(config_file)).source_sha256 == record["config_source_sha256"]
+    metadata = storage.read_json(RegistryLayout(registry_uri).metadata(version))
+    assert metadata["config_sha256"] == record["config_sha256"]
 
 
 def test_without_the_env_override_the_image_tag_comes_from_config(tmp_path: Path, registry_uri: str, models) -> None:

@@ -7,12 +7,14 @@ names the key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from privacy_pipeline.errors import StageError
 
@@ -162,6 +164,14 @@ class PipelineConfig(_Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    # sha256 of the --config file's bytes (set by load_config): the content hash the data watch compares
+    # with the last training run's to start a run when the cluster's config changes.
+    _source_sha256: str | None = PrivateAttr(default=None)
+
+    @property
+    def source_sha256(self) -> str | None:
+        return self._source_sha256
+
     @model_validator(mode="after")
     def _check_labels(self) -> PipelineConfig:
         if len(set(self.labels)) != len(self.labels) or len(self.labels) < 2:
@@ -210,13 +220,16 @@ def parse_override(assignment: str) -> tuple[str, Any]:
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     tree: dict[str, Any] = {}
+    source_sha256 = None
     if path:
         config_path = Path(path)
         try:
-            loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+            content = config_path.read_bytes()
+            source_sha256 = hashlib.sha256(content).hexdigest()
+            loaded = yaml.safe_load(content.decode("utf-8"))
         except FileNotFoundError as exc:
             raise StageError(f"config: {path} does not exist") from exc
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise StageError(f"config: {path} is not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise StageError(f"config: {path} must be a mapping of sections, got {type(loaded).__name__}")
@@ -225,14 +238,22 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         key, value = parse_override(assignment)
         _set_dotted(tree, key, value)
     try:
-        return PipelineConfig.model_validate(tree)
+        config = PipelineConfig.model_validate(tree)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
         source = path or "defaults"
         raise StageError(f"config: {source}: {problems}") from exc
+    config._source_sha256 = source_sha256
+    return config
 
 
 def config_as_dict(config: PipelineConfig) -> dict[str, Any]:
     return config.model_dump(mode="json", by_alias=True)
+
+
+def config_sha256(config: PipelineConfig) -> str:
+    """sha256 of the effective config (file, overrides and defaults) as canonical JSON: equal configs, equal hashes."""
+    canonical = json.dumps(config_as_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -30,7 +30,7 @@ import pandas as pd  # type: ignore[import-untyped]
 
 import privacy_pipeline
 from privacy_pipeline import model_io, promotion_gate, registry, storage
-from privacy_pipeline.config import PipelineConfig, config_as_dict
+from privacy_pipeline.config import PipelineConfig, config_as_dict, config_sha256
 from privacy_pipeline.errors import StageError
 from privacy_pipeline.promotion_gate import PairedComparison
 from privacy_pipeline.registry import RegistryLayout
@@ -246,7 +246,7 @@ def _metadata(config: PipelineConfig, run_uri: str, registration: dict[str, Any]
             "holdout_rows": len(inputs.holdout),
         },
         "feature_spec": inputs.feature_spec,
-        "config": config_as_dict(config),
+        **_config_lineage(config),
         "package_version": privacy_pipeline.__version__,
         "image_tag": _image_tag(config),
         "sentence_model": inputs.feature_spec.get("sentence_model"),
@@ -283,6 +283,20 @@ def _run_record(
         "excluded_rows": decision.excluded_rows,
         "image_tag": _image_tag(config),
         "pod_failures": inputs.pod_failures,
+        **_config_lineage(config),
+    }
+
+
+def _config_lineage(config: PipelineConfig) -> dict[str, Any]:
+    """The effective config and its hash, and the hash of the --config file it came from.
+
+    The data watch compares ``config_source_sha256`` of the newest record with the cluster's config to
+    start a run when the config changes (privacy_pipeline_airflow/config_watch.py).
+    """
+    return {
+        "config": config_as_dict(config),
+        "config_sha256": config_sha256(config),
+        "config_source_sha256": config.source_sha256,
     }
 
 
