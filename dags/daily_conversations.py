@@ -54,7 +54,7 @@ import pendulum
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectsWithPrefixExistenceSensor
 from airflow.sdk import DAG
 
-from privacy_pipeline_airflow import run_templates
+from privacy_pipeline_airflow import notifications, run_templates
 from privacy_pipeline_airflow.settings import get_settings
 from privacy_pipeline_airflow.stage_pod import stage_pod
 
@@ -71,7 +71,11 @@ with DAG(
     # Each publish builds on the version the previous one published.
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=6),
-    default_args={"owner": "ml-platform", "retries": settings.retries},
+    default_args={
+        "owner": "ml-platform",
+        "retries": settings.retries,
+        "on_failure_callback": notifications.failure_notifiers(settings),
+    },
     tags=["privacy-intent", "conversations", "vector-store", "kubernetes"],
     doc_md=__doc__,
     user_defined_filters=run_templates.USER_DEFINED_FILTERS,

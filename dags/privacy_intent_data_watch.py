@@ -28,6 +28,7 @@ from airflow.providers.google.cloud.sensors.gcs import GCSUploadSessionCompleteS
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, task
 
+from privacy_pipeline_airflow import notifications
 from privacy_pipeline_airflow.settings import get_settings
 
 settings = get_settings()
@@ -40,7 +41,12 @@ with DAG(
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    default_args={
+        "owner": "ml-platform",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=1),
+        "on_failure_callback": notifications.failure_notifiers(settings),
+    },
     tags=["privacy-intent", "sensor", "trigger"],
     doc_md=__doc__,
 ) as dag:

@@ -31,7 +31,7 @@ import airflow.providers.cncf.kubernetes.operators.pod  # noqa: F401
 import pendulum
 from airflow.sdk import DAG, Param
 
-from privacy_pipeline_airflow import run_templates
+from privacy_pipeline_airflow import notifications, run_templates
 from privacy_pipeline_airflow.settings import get_settings
 from privacy_pipeline_airflow.stage_pod import stage_pod
 
@@ -45,7 +45,11 @@ with DAG(
     catchup=False,
     # Two rollbacks at once would both be valid compare-and-swaps, one after the other; one at a time is clearer.
     max_active_runs=1,
-    default_args={"owner": "ml-platform", "retries": settings.retries},
+    default_args={
+        "owner": "ml-platform",
+        "retries": settings.retries,
+        "on_failure_callback": notifications.failure_notifiers(settings),
+    },
     tags=["privacy-intent", "registry", "rollback", "kubernetes"],
     doc_md=__doc__,
     params={

@@ -49,7 +49,7 @@ import pendulum
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectsWithPrefixExistenceSensor
 from airflow.sdk import DAG, Param, task
 
-from privacy_pipeline_airflow import run_templates
+from privacy_pipeline_airflow import notifications, run_templates
 from privacy_pipeline_airflow.settings import get_settings
 from privacy_pipeline_airflow.stage_pod import StagePodOperator, stage_arguments, stage_pod, stage_pod_kwargs
 
@@ -71,7 +71,13 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=6),
-    default_args={"owner": "ml-platform", "retries": settings.retries},
+    default_args={
+        "owner": "ml-platform",
+        "retries": settings.retries,
+        "on_failure_callback": notifications.failure_notifiers(settings),
+    },
+    # A scheduled run still unfinished PIPELINE_TRAINING_DEADLINE_MINUTES after 02:00 alerts people.
+    deadline=notifications.deadline_alert(settings),
     tags=["privacy-intent", "training", "kubernetes"],
     doc_md=__doc__,
     user_defined_filters=run_templates.USER_DEFINED_FILTERS,

@@ -108,6 +108,16 @@ class PipelineSettings(BaseSettings):
     # After an OOMKilled try the next one asks for this much more memory, up to the cap.
     oom_memory_step: float = Field(default=1.5, ge=1.0)
     oom_max_memory: str = "32Gi"
+    # Failure alerts (notifications.py): one mail per task that fails for good, to these addresses
+    # (comma-separated; empty: no mail) through the SMTP connection (AIRFLOW_CONN_SMTP_DEFAULT, whose
+    # extra names from_email), and to Slack when slack_conn_id names an Airflow Slack API connection.
+    alert_email_to: str = ""
+    smtp_conn_id: str = "smtp_default"
+    slack_conn_id: str = ""
+    slack_channel: str = "#privacy-pipeline-alerts"
+    # The training deadline alert: a scheduled (02:00 UTC) run still unfinished this long after its
+    # logical date alerts the same people.
+    training_deadline_minutes: int = Field(default=240, gt=0)
     retries: int = Field(default=2, ge=0)
     retry_delay_seconds: int = Field(default=60, gt=0)
     max_retry_delay_seconds: int = Field(default=900, gt=0)
