@@ -70,6 +70,13 @@ def _register_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", required=True, metavar="URI", help="the model registry prefix")
 
 
+def _deploy_args(parser: argparse.ArgumentParser) -> None:
+    _register_args(parser)
+    parser.add_argument(
+        "--all-traffic", action="store_true", help="the champion takes all traffic at once (after a rollback)"
+    )
+
+
 def _synth_conversations_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="URI", help="file to write (.jsonl or .parquet)")
     parser.add_argument("--day", required=True, metavar="YYYY-MM-DD", help="the day the conversations happened")
@@ -225,6 +232,26 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "of the candidate's macro-F1 lead over the champion, on holdout rows the champion never trained on, "
         "lies above register.promotion_margin (no usable champion: over the majority-class baseline by "
         "register.baseline_margin).",
+        _register_args,
+    ),
+    Subcommand(
+        "deploy",
+        "deploy",
+        "roll the champion out as a KServe InferenceService, as a canary after a promotion",
+        "Reads <run>/register/_result.json and the registry's champion. Writes <run>/deploy/inferenceservice.yaml: "
+        "the champion's InferenceService (Knative mode) taking rollout.canary_traffic_percent of traffic beside the "
+        "previous version, or all of it with --all-traffic; applies it when rollout.kubernetes_apply is on. "
+        "Nothing to roll out when register did not promote.",
+        _deploy_args,
+    ),
+    Subcommand(
+        "canary-check",
+        "canary_check",
+        "judge the canary against the previous version; promote it to all traffic or roll it back",
+        "Compares error rate, p99 latency and prediction agreement of the canary and the previous version: from "
+        "Prometheus over rollout.window_seconds (rollout.prometheus_url), else by replaying the run's holdout "
+        "texts to both as local servers. Promotes (writes <run>/canary_check/inferenceservice.yaml with all "
+        "traffic) or rolls the registry's champion back to the previous version, saying why.",
         _register_args,
     ),
     Subcommand(

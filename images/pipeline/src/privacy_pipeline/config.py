@@ -121,6 +121,36 @@ class RegisterConfig(_Section):
     image_tag: str = "local"
 
 
+class RolloutConfig(_Section):
+    """deploy and canary_check: the canary's share of traffic, the window it is judged over, and the thresholds."""
+
+    # The new version's share of traffic while it is a canary (KServe's canaryTrafficPercent).
+    canary_traffic_percent: int = Field(default=10, ge=1, le=99)
+    # In the cluster: how long the canary takes traffic before it is judged, and the Prometheus range.
+    window_seconds: int = Field(default=600, gt=0)
+    # Empty: the embedded default's shadow comparison on two local servers; else the serving metrics' Prometheus.
+    prometheus_url: str = ""
+    # The label Prometheus gives each serving pod's series from its privacy-intent/model-version pod label.
+    prometheus_version_label: str = "model_version"
+    # The canary is rolled back when its error rate exceeds the previous version's by more than this, ...
+    max_error_rate_increase: float = Field(default=0.01, ge=0.0, le=1.0)
+    # ... its p99 latency exceeds both the previous version's times this ratio and plus this slack
+    # (the slack keeps a few milliseconds of scheduler noise on a fast p99 from deciding), ...
+    max_p99_ratio: float = Field(default=2.0, ge=1.0)
+    p99_slack_seconds: float = Field(default=0.25, ge=0.0)
+    # ... fewer of the same messages get the same intent from both than this share (in the cluster, where the two
+    # see different requests, the overlap of their predicted-intent distributions), ...
+    min_agreement: float = Field(default=0.8, ge=0.0, le=1.0)
+    # ... or it answered fewer requests than this: not enough evidence to give it all traffic.
+    min_requests: int = Field(default=50, gt=0)
+    # Holdout texts the shadow comparison replays to both servers, one request each.
+    shadow_texts: int = Field(default=200, gt=0)
+    server_ready_timeout_seconds: float = Field(default=300.0, gt=0)
+    # Apply the rendered InferenceService with the Kubernetes API (server-side apply, in-cluster credentials).
+    # Off on the embedded default, which has no cluster: the manifests are written to the run only.
+    kubernetes_apply: bool = False
+
+
 class ConversationsConfig(_Section):
     """The daily conversations job: validation limits, snippets, index choice and the recall gate."""
 
@@ -160,6 +190,7 @@ class PipelineConfig(_Section):
     tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
     register_: RegisterConfig = Field(default=RegisterConfig(), alias="register")
+    rollout: RolloutConfig = RolloutConfig()
     conversations: ConversationsConfig = ConversationsConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -72,7 +72,9 @@ def run(
     by: str | None = None,
     reason: str | None = None,
     store_uri: str | None = None,
+    expected_champion: str | None = None,
 ) -> StageResult:
+    """``expected_champion``: move only while that version is still champion (canary_check rolls back its canary)."""
     del config  # the same global flags as every subcommand; a rollback needs none of them
     requested_by = _requester(by)
     target_version = (to or "").strip() or None
@@ -92,6 +94,9 @@ def run(
             raise StageError(f"{STAGE}: {registry_uri} has no champion yet; there is nothing to roll back")
         current_version = str(current["version"])
         outcome["from"] = current_version
+        if expected_champion is not None and current_version != expected_champion:
+            outcome["note"] = f"the champion is now {current_version}, not {expected_champion}; left as it is"
+            return None
         target = target_version
         if target is None:
             if current.get("action") == "rollback":
