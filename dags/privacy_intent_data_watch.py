@@ -16,7 +16,16 @@ CSV or Parquet part files). Every 15 minutes:
    `upload__<batch>__<fingerprint>` and `data_prefix` set to the batch; a run with that id already
    existing means this exact data was trained before, and the trigger is skipped.
 
-**XCom**: `find_new_batches` returns `[{"trigger_run_id", "conf": {"data_prefix"}}]`.
+Beside the upload check, `find_config_change` hashes the pipeline config the stage pods mount (the
+ConfigMap `privacy-pipeline-config`, `deploy/k8s/pipeline-config.yaml`); when that content hash differs from
+the one the newest registered training run used, `train_on_config_change` triggers one training run on the
+latest `ds=` partition with run id `config__<hash>`. The same config again starts none: its hash matches, or
+that run id exists already.
+
+Runs may overlap (no `max_active_runs=1`): every trigger is keyed by its run id, so two checks at once still
+start each run once, and a manual check never waits behind a scheduled one's upload sensor.
+
+**XCom**: `find_new_batches` and `find_config_change` return `[{"trigger_run_id", "conf": {"data_prefix"}}]`.
 """
 
 from __future__ import annotations
@@ -40,7 +49,6 @@ with DAG(
     schedule="*/15 * * * *",
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,
     default_args={
         "owner": "ml-platform",
         "retries": 1,
@@ -80,3 +88,17 @@ with DAG(
     ).expand_kwargs(batches)
 
     wait_for_upload >> batches >> train_on_batch
+
+    @task
+    def find_config_change() -> list[dict]:
+        """One trigger when the cluster's pipeline config is not the one the last training run used."""
+        from privacy_pipeline_airflow.config_watch import config_triggers
+
+        return config_triggers(settings)
+
+    TriggerDagRunOperator.partial(
+        task_id="train_on_config_change",
+        trigger_dag_id="privacy_intent_training",
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+    ).expand_kwargs(find_config_change())

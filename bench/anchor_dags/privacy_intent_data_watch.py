@@ -20,7 +20,6 @@ with DAG(
     schedule="*/15 * * * *",
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,
     default_args={"owner": "ml-platform", "retries": 1, "retry_delay": timedelta(minutes=1)},
     tags=["privacy-intent", "sensor", "trigger"],
     doc_md=__doc__,
@@ -52,3 +51,15 @@ with DAG(
     ).expand_kwargs(batches)
 
     wait_for_upload >> batches >> train_on_batch
+
+    @task
+    def find_config_change() -> list[dict]:
+        """One trigger when the pipeline config changed (the real DAG reads the ConfigMap and the registry here)."""
+        return []
+
+    TriggerDagRunOperator.partial(
+        task_id="train_on_config_change",
+        trigger_dag_id="privacy_intent_training",
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+    ).expand_kwargs(find_config_change())

@@ -80,7 +80,7 @@ def test_each_task_runs_its_stage_on_the_runs_prefix(dag) -> None:
     pods = _pods(dag)
     for task_id, stage in STAGES.items():
         args = _args(pods[task_id])
-        assert args[0] == stage, task_id
+        assert args[:3] == ["--config", "/etc/privacy-pipeline/pipeline.yaml", stage], task_id
         assert args[args.index("--run") + 1] == RUN_PREFIX, task_id
         assert pods[task_id].metadata.labels["app.kubernetes.io/component"] == stage
     validate = _args(pods["validate"])

@@ -191,8 +191,18 @@ def test_the_role_lets_airflow_run_stage_pods_and_nothing_else(manifests) -> Non
         ("pods/log", "get"), ("pods/exec", "create"), ("events", "list"),
     }  # fmt: skip
     assert needed <= granted
-    assert not {resource for resource, _ in granted} - {"pods", "pods/log", "pods/exec", "events"}
+    assert not {resource for resource, _ in granted} - {"pods", "pods/log", "pods/exec", "events", "configmaps"}
     assert "*" not in json.dumps(manifests["Role"]["rules"])
+    # The config watch reads the pipeline config's ConfigMap and no other.
+    config_rules = [rule for rule in manifests["Role"]["rules"] if "configmaps" in rule["resources"]]
+    assert config_rules == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [PipelineSettings().pipeline_configmap],
+            "verbs": ["get"],
+        }
+    ]
 
 
 def test_the_network_policy_selects_the_stage_pods(manifests) -> None:
