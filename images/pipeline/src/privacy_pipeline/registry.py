@@ -35,10 +35,6 @@ from privacy_pipeline.errors import StageError
 
 log = logging.getLogger(__name__)
 
-# Each retry follows another run's successful swap, so five concurrent
-# registrations need at most four; the rest is headroom for a busy registry.
-MAX_CHAMPION_SWAP_ATTEMPTS = 20
-
 _VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 # What version_name makes; a name that is not one (``../champion``) never reaches a path.
 VERSION_PATTERN = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
@@ -85,12 +81,8 @@ class RegistryLayout:
         return self.path("champion.json")
 
 
-@dataclass(frozen=True)
-class ChampionSnapshot:
-    """The champion pointer as read, with the generation a swap must still find."""
-
-    pointer: dict[str, Any] | None
-    generation: int
+# The champion pointer as read, with the generation a swap must still find.
+ChampionSnapshot = storage.PointerSnapshot
 
 
 def run_key(run_uri: str) -> str:
@@ -153,17 +145,9 @@ def claim_registration(registry_uri: str, run_uri: str, now: datetime) -> dict[s
 
 def read_champion(registry_uri: str) -> ChampionSnapshot:
     """The champion pointer and its generation (0 and None when there is no champion yet)."""
-    uri = RegistryLayout(registry_uri).champion
-    if not storage.exists(uri):
-        return ChampionSnapshot(pointer=None, generation=0)
-    # Generation first, content second: if another writer lands in between we
-    # hold newer content with an older generation, and our swap fails safely
-    # instead of succeeding on a decision made against a stale champion.
-    generation = storage.stat(uri).generation
-    pointer = storage.read_json(uri)
-    if not isinstance(pointer, dict) or not pointer.get("version") or not pointer.get("model_uri"):
-        raise StageError(f"registry: {uri} is not a champion pointer (needs 'version' and 'model_uri')")
-    return ChampionSnapshot(pointer=pointer, generation=generation)
+    return storage.read_pointer(
+        RegistryLayout(registry_uri).champion, ("version", "model_uri"), "registry", "champion pointer"
+    )
 
 
 def champion(registry_uri: str) -> dict[str, Any] | None:
@@ -220,7 +204,7 @@ def cas_update_champion(
     registry_uri: str,
     decide: Callable[[dict[str, Any] | None], dict[str, Any] | None],
     *,
-    max_attempts: int = MAX_CHAMPION_SWAP_ATTEMPTS,
+    max_attempts: int = storage.MAX_POINTER_SWAP_ATTEMPTS,
 ) -> dict[str, Any] | None:
     """Move the champion pointer to what ``decide`` returns, re-deciding whenever another writer moved it first.
 
@@ -231,23 +215,17 @@ def cas_update_champion(
     it was being made. Returns the champion pointer after the decision.
     """
     uri = RegistryLayout(registry_uri).champion
-    for attempt in range(1, max_attempts + 1):
-        snapshot = read_champion(registry_uri)
-        new_pointer = decide(snapshot.pointer)
-        if new_pointer is None:
-            still = storage.stat(uri).generation if storage.exists(uri) else 0
-            if still == snapshot.generation:
-                return snapshot.pointer
-        else:
-            try:
-                generation = storage.compare_and_swap(uri, storage.json_bytes(new_pointer), snapshot.generation)
-            except storage.GenerationMismatch:
-                pass
-            else:
-                storage.write_json(RegistryLayout(registry_uri).history_entry(generation), new_pointer)
-                return new_pointer
-        log.info("champion pointer %s moved while deciding (attempt %d); re-reading and re-deciding", uri, attempt)
-    raise StageError(
-        f"registry: the champion pointer {uri} kept moving under concurrent registrations; "
-        f"gave up after {max_attempts} attempts, rerun register"
+    update = storage.update_pointer(
+        uri,
+        # Looked up at each attempt, so tests can make a read lose its race.
+        lambda: read_champion(registry_uri),
+        decide,
+        gave_up=(
+            f"registry: the champion pointer {uri} kept moving under concurrent registrations; "
+            f"gave up after {max_attempts} attempts, rerun register"
+        ),
+        max_attempts=max_attempts,
     )
+    if update.moved:
+        storage.write_json(RegistryLayout(registry_uri).history_entry(update.generation), update.pointer)
+    return update.pointer

@@ -15,10 +15,12 @@ import fnmatch
 import functools
 import io
 import json
+import logging
 import os
 import signal
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,12 @@ from urllib.parse import urlparse
 from privacy_pipeline.errors import StageError
 
 GCS_SCHEME = "gs://"
+
+log = logging.getLogger(__name__)
+
+# Each retry of a pointer update follows another writer's successful swap, so five
+# concurrent writers need at most four; the rest is headroom for a busy pointer.
+MAX_POINTER_SWAP_ATTEMPTS = 20
 
 # Fault injection for images/pipeline/tests/test_killed_stages.py. With
 # PRIVACY_PIPELINE_KILL_AT_COMMIT=N (or N:GLOB) the process SIGKILLs itself at its N-th commit
@@ -256,3 +264,69 @@ def compare_and_swap(uri: str, data: bytes, expected_generation: int) -> int:
             return new_generation
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class PointerSnapshot:
+    """A JSON pointer as read (None: there is none yet), with the generation a swap must still find (0: absent)."""
+
+    pointer: dict[str, Any] | None
+    generation: int
+
+
+def read_pointer(uri: str, required: tuple[str, ...], error_prefix: str, what: str) -> PointerSnapshot:
+    """The JSON object at ``uri`` and its generation; one missing any of ``required`` is a one-line error."""
+    if not exists(uri):
+        return PointerSnapshot(pointer=None, generation=0)
+    # Generation first, content second: if another writer lands in between we
+    # hold newer content with an older generation, and a swap fails safely
+    # instead of succeeding on a decision made against a stale pointer.
+    generation = stat(uri).generation
+    pointer = read_json(uri)
+    if not isinstance(pointer, dict) or not all(pointer.get(key) for key in required):
+        needs = " and ".join(repr(key) for key in required)
+        raise StageError(f"{error_prefix}: {uri} is not a {what} (needs {needs})")
+    return PointerSnapshot(pointer=pointer, generation=generation)
+
+
+@dataclass(frozen=True)
+class PointerUpdate:
+    """The pointer after ``update_pointer``; ``generation`` is the swap's when ``moved``, else the one read."""
+
+    pointer: dict[str, Any] | None
+    generation: int
+    moved: bool
+
+
+def update_pointer(
+    uri: str,
+    read: Callable[[], PointerSnapshot],
+    decide: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+    gave_up: str,
+    max_attempts: int = MAX_POINTER_SWAP_ATTEMPTS,
+) -> PointerUpdate:
+    """Move the JSON pointer at ``uri`` to what ``decide`` returns, re-deciding whenever another writer moved it first.
+
+    ``read`` returns the pointer and its generation (``read_pointer`` with the
+    caller's checks); ``decide`` gets the pointer (None when there is none) and
+    returns the new one, or None to keep it. ``decide`` runs again after every
+    lost race, so it must judge the pointer it is given, not one it saw before;
+    a decision to keep counts only if the pointer did not move meanwhile. After
+    ``max_attempts`` lost races, ``gave_up`` is the error.
+    """
+    for attempt in range(1, max_attempts + 1):
+        snapshot = read()
+        new_pointer = decide(snapshot.pointer)
+        if new_pointer is None:
+            still = stat(uri).generation if exists(uri) else 0
+            if still == snapshot.generation:
+                return PointerUpdate(pointer=snapshot.pointer, generation=snapshot.generation, moved=False)
+        else:
+            try:
+                generation = compare_and_swap(uri, json_bytes(new_pointer), snapshot.generation)
+            except GenerationMismatch:
+                pass
+            else:
+                return PointerUpdate(pointer=new_pointer, generation=generation, moved=True)
+        log.info("pointer %s moved while deciding (attempt %d); re-reading and re-deciding", uri, attempt)
+    raise StageError(gave_up)

@@ -76,11 +76,8 @@ class StoreLayout:
 
 
 @dataclass(frozen=True)
-class LatestPointer:
+class LatestPointer(storage.PointerSnapshot):
     """``latest.json`` as read, with the generation a swap must still find (0: no version yet)."""
-
-    pointer: dict[str, Any] | None
-    generation: int
 
     @property
     def version(self) -> str | None:
@@ -124,16 +121,8 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 def read_latest(store_uri: str, stage: str) -> LatestPointer:
-    uri = StoreLayout(store_uri).latest
-    if not storage.exists(uri):
-        return LatestPointer(pointer=None, generation=0)
-    # Generation before content: if another publish lands in between, our
-    # swap fails safely instead of succeeding against a stale parent.
-    generation = storage.stat(uri).generation
-    pointer = storage.read_json(uri)
-    if not isinstance(pointer, dict) or not pointer.get("version"):
-        raise StageError(f"{stage}: {uri} is not a store pointer (needs 'version')")
-    return LatestPointer(pointer=pointer, generation=generation)
+    snapshot = storage.read_pointer(StoreLayout(store_uri).latest, ("version",), stage, "store pointer")
+    return LatestPointer(pointer=snapshot.pointer, generation=snapshot.generation)
 
 
 def resolve_version(store_uri: str, version: str | None, stage: str) -> str:

@@ -151,14 +151,26 @@ def run(*, config: PipelineConfig, run_uri: str, store_uri: str) -> StageResult:
     storage.write_bytes(store.metadata(version), metadata_bytes)
     storage.write_json(store.manifest(version), manifest)
     pointer = {"version": version, "manifest_uri": store.manifest(version), "published_at": manifest["created_at"]}
+
+    def decide(current: dict[str, Any] | None) -> dict[str, Any]:
+        # The pointer may have been rewritten naming the same parent; any other version means a lost day.
+        if (None if current is None else current["version"]) != candidate["parent_version"]:
+            raise StageError(
+                f"{STAGE}: another publish moved {store.latest} while this one was writing {version}; "
+                "rerun conversations-upsert and publish"
+            )
+        return pointer
+
     try:
-        storage.compare_and_swap(store.latest, storage.json_bytes(pointer), latest.generation)
-    except storage.GenerationMismatch as exc:
+        storage.update_pointer(
+            store.latest,
+            lambda: vector_store.read_latest(store_uri, STAGE),
+            decide,
+            gave_up=f"{STAGE}: {store.latest} kept moving under concurrent writers; rerun conversations-publish",
+        )
+    except StageError:
         # Nobody points at the files just written; remove them rather than leave a dead version behind.
         for uri in (store.index(version), store.vectors(version), store.metadata(version), store.manifest(version)):
             storage.delete(uri)
-        raise StageError(
-            f"{STAGE}: another publish moved {store.latest} while this one was writing {version}; "
-            "rerun conversations-upsert and publish"
-        ) from exc
+        raise
     return _result(layout, store_uri, manifest, already=False)

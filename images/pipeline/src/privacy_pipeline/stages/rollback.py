@@ -25,7 +25,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from privacy_pipeline import registry, storage
+from privacy_pipeline import registry, storage, tracking
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.errors import StageError
 from privacy_pipeline.registry import RegistryLayout
@@ -130,6 +130,8 @@ def run(
     after = registry.cas_update_champion(registry_uri, decide)
     champion_version = str(after["version"]) if after else None
     moved = after is not None and after.get("action") == "rollback" and "note" not in outcome
+    # The MLflow mirror's champion alias follows the move (None: nothing moved, nothing to mirror).
+    tracking_line = tracking.mirror_champion(champion_version) if moved else None
     if moved:
         summary = f"{STAGE}: champion moved from {outcome['from']} to {champion_version} by {requested_by}"
     else:
@@ -145,6 +147,7 @@ def run(
             "previous_champion": outcome.get("from"),
             "by": requested_by,
             "note": outcome.get("note"),
+            "tracking": tracking_line,
         },
     )
 
@@ -165,38 +168,30 @@ def _roll_back_store(store_uri: str, to: str | None, requested_by: str, reason: 
 
     if to is not None:
         published(to)
-    for _ in range(registry.MAX_CHAMPION_SWAP_ATTEMPTS):
-        latest = vector_store.read_latest(store_uri, STAGE)
-        if latest.pointer is None or latest.version is None:
+    outcome: dict[str, Any] = {}
+
+    def decide(latest: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Called again after a lost race: judge the pointer it is given, forgetting the last attempt.
+        outcome.clear()
+        if latest is None:
             raise StageError(f"{STAGE}: the store {store_uri} has no published version; there is nothing to roll back")
-        current = latest.version
-        note = None
+        current = str(latest["version"])
+        outcome["from"] = current
         target = to
         if target is None:
-            if latest.pointer.get("action") == "rollback":
-                note = f"latest {current} was set by a rollback; nothing left to undo (name --to to go further back)"
-            else:
-                target = published(current).get("parent_version")
-                if not target:
-                    raise StageError(f"{STAGE}: store version {current} was the first; there is none before it")
-        if note is None and target == current:
-            note = f"{target} is already the store's latest"
-        if note is not None:
-            summary = f"{STAGE}: nothing to do, {note}"
-            return StageResult(
-                stage=STAGE,
-                summary=summary,
-                xcom={
-                    "store_uri": store_uri,
-                    "moved": False,
-                    "latest_version": current,
-                    "by": requested_by,
-                    "note": note,
-                },
-            )
-        assert target is not None
+            if latest.get("action") == "rollback":
+                outcome["note"] = (
+                    f"latest {current} was set by a rollback; nothing left to undo (name --to to go further back)"
+                )
+                return None
+            target = published(current).get("parent_version")
+            if not target:
+                raise StageError(f"{STAGE}: store version {current} was the first; there is none before it")
+        if target == current:
+            outcome["note"] = f"{target} is already the store's latest"
+            return None
         manifest = published(target)
-        pointer = {
+        return {
             "version": target,
             "manifest_uri": layout.manifest(target),
             "published_at": manifest.get("created_at"),
@@ -206,25 +201,38 @@ def _roll_back_store(store_uri: str, to: str | None, requested_by: str, reason: 
             "by": requested_by,
             "reason": reason or f"rollback from {current}",
         }
-        try:
-            storage.compare_and_swap(layout.latest, storage.json_bytes(pointer), latest.generation)
-        except storage.GenerationMismatch:
-            log.info("store pointer %s moved while rolling back; re-reading", layout.latest)
-            continue
-        summary = f"{STAGE}: store latest moved from {current} to {target} by {requested_by}"
-        log.info("%s", summary)
+
+    update = storage.update_pointer(
+        layout.latest,
+        lambda: vector_store.read_latest(store_uri, STAGE),
+        decide,
+        gave_up=f"{STAGE}: the store pointer {layout.latest} kept moving under concurrent publishes; rerun rollback",
+    )
+    assert update.pointer is not None
+    if not update.moved:
         return StageResult(
             stage=STAGE,
-            summary=summary,
+            summary=f"{STAGE}: nothing to do, {outcome['note']}",
             xcom={
                 "store_uri": store_uri,
-                "moved": True,
-                "latest_version": target,
-                "previous_latest": current,
+                "moved": False,
+                "latest_version": outcome["from"],
                 "by": requested_by,
-                "note": None,
+                "note": outcome["note"],
             },
         )
-    raise StageError(
-        f"{STAGE}: the store pointer {layout.latest} kept moving under concurrent publishes; rerun rollback"
+    target = str(update.pointer["version"])
+    summary = f"{STAGE}: store latest moved from {outcome['from']} to {target} by {requested_by}"
+    log.info("%s", summary)
+    return StageResult(
+        stage=STAGE,
+        summary=summary,
+        xcom={
+            "store_uri": store_uri,
+            "moved": True,
+            "latest_version": target,
+            "previous_latest": outcome["from"],
+            "by": requested_by,
+            "note": None,
+        },
     )
