@@ -16,10 +16,13 @@ when; why; from which version) is written to `registry/history/`. Running it aga
 Params changes nothing: a version that is already champion is a no-op, and so is an empty `version`
 right after a rollback (there is no promotion left to undo). A version that does not exist or is not
 a registered model fails the task with a one-line reason and leaves the registry untouched.
-Serving picks up the champion from the registry; rolling a deployed InferenceService is not part of
-this DAG.
+Then `deploy` rolls the InferenceService to the champion with all traffic (`deploy --all-traffic`),
+writing the manifest under `runs/rollback/<run_id>/deploy/`; re-applying the same champion changes nothing.
+
+**Graph**: `rollback` → `deploy`.
 
 **XCom** (`rollback`): `moved`, `champion_version`, `previous_champion`, `by`, `note` (why nothing moved).
+(`deploy`): `model_version`, `manifest_uri`, `manifest`, `applied`, `deployment_mode`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from privacy_pipeline_airflow.settings import get_settings
 from privacy_pipeline_airflow.stage_pod import stage_pod
 
 settings = get_settings()
+# Where deploy writes the rendered InferenceService: a prefix of this run's own, apart from training runs.
+RUN = settings.gcs_uri(settings.runs_prefix, "rollback") + "/{{ run_id | object_safe }}/"
 
 with DAG(
     dag_id="privacy_intent_rollback",
@@ -52,6 +57,7 @@ with DAG(
     },
     tags=["privacy-intent", "registry", "rollback", "kubernetes"],
     doc_md=__doc__,
+    user_defined_filters=run_templates.USER_DEFINED_FILTERS,
     params={
         "version": Param(
             "",
@@ -76,3 +82,6 @@ with DAG(
         "--reason",
         "{{ params.reason }}",
     )
+    deploy = stage_pod("deploy", "--run", RUN, "--registry", run_templates.registry_uri(settings), "--all-traffic")
+
+    rollback >> deploy

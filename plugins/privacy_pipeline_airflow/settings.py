@@ -46,6 +46,9 @@ def _default_resources() -> dict[str, StageResources]:
         "train": heavy,
         "evaluate": standard,
         "register": standard,
+        # deploy renders a manifest; canary-check, on the embedded default, runs two model servers beside itself.
+        "deploy": StageResources(cpu_request="100m", cpu_limit="500m", memory_request="256Mi", memory_limit="512Mi"),
+        "canary-check": StageResources(memory_request="2Gi", memory_limit="4Gi"),
         # The daily conversations job (dags/daily_conversations.py): the stages
         # that load the sentence model or a whole store version are heavy.
         "conversations-validate": standard,
