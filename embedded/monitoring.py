@@ -125,42 +125,38 @@ def render_prometheus_config(
 
 
 @contextmanager
+def running_pushgateway(home: Path) -> Iterator[str]:
+    """Start a Pushgateway on a free 127.0.0.1 port, its groups kept in ``home``; yields its URL."""
+    home.mkdir(parents=True, exist_ok=True)
+    address = f"127.0.0.1:{free_port()}"
+    command = [
+        _binary("prometheus-pushgateway"),
+        f"--web.listen-address={address}",
+        f"--persistence.file={home / 'pushgateway.metrics'}",
+    ]
+    with _service("prometheus-pushgateway", command, f"http://{address}/-/ready", home / "pushgateway.log"):
+        yield f"http://{address}"
+
+
+@contextmanager
 def running_monitoring(
     home: Path, *, model_server: str = LOCAL_MODEL_SERVER, scrape_interval: str = "15s"
 ) -> Iterator[Monitoring]:
     """Start the Pushgateway and Prometheus on free 127.0.0.1 ports; stop both on exit."""
     home.mkdir(parents=True, exist_ok=True)
     with ExitStack() as services:
-        pushgateway_port = free_port()
-        pushgateway = f"127.0.0.1:{pushgateway_port}"
-        services.enter_context(
-            _service(
-                "prometheus-pushgateway",
-                [
-                    _binary("prometheus-pushgateway"),
-                    f"--web.listen-address={pushgateway}",
-                    f"--persistence.file={home / 'pushgateway.metrics'}",
-                ],
-                f"http://{pushgateway}/-/ready",
-                home / "pushgateway.log",
-            )
-        )
-        prometheus_port = free_port()
-        prometheus = f"127.0.0.1:{prometheus_port}"
+        pushgateway_url = services.enter_context(running_pushgateway(home))
+        prometheus = f"127.0.0.1:{free_port()}"
         config_file = home / "prometheus.yml"
-        config = render_prometheus_config(pushgateway, model_server, scrape_interval=scrape_interval)
-        config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        services.enter_context(
-            _service(
-                "prometheus",
-                [
-                    _binary("prometheus"),
-                    f"--config.file={config_file}",
-                    f"--storage.tsdb.path={home / 'prometheus-data'}",
-                    f"--web.listen-address={prometheus}",
-                ],
-                f"http://{prometheus}/-/ready",
-                home / "prometheus.log",
-            )
+        config = render_prometheus_config(
+            pushgateway_url.removeprefix("http://"), model_server, scrape_interval=scrape_interval
         )
-        yield Monitoring(prometheus_url=f"http://{prometheus}", pushgateway_url=f"http://{pushgateway}")
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        command = [
+            _binary("prometheus"),
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={home / 'prometheus-data'}",
+            f"--web.listen-address={prometheus}",
+        ]
+        services.enter_context(_service("prometheus", command, f"http://{prometheus}/-/ready", home / "prometheus.log"))
+        yield Monitoring(prometheus_url=f"http://{prometheus}", pushgateway_url=pushgateway_url)

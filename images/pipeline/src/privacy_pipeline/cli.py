@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from privacy_pipeline import storage
+from privacy_pipeline import storage, telemetry
 from privacy_pipeline.errors import StageError
 from privacy_pipeline.stage_result import StageResult, write_xcom
 
@@ -400,10 +400,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A dotted module lives outside stages/ (the model server).
         module = subcommand.module if "." in subcommand.module else f"privacy_pipeline.stages.{subcommand.module}"
         stage = importlib.import_module(module)
-        result: StageResult = stage.run(config=config, **_stage_kwargs(args))
-        write_xcom(result)
-        if result.commit_uri:
-            storage.write_json(result.commit_uri, result.payload())
+        # Pushes the stage's figures (or its failure) to the Pushgateway once it has ended.
+        with telemetry.stage_telemetry(subcommand.name) as outcome:
+            result: StageResult = stage.run(config=config, **_stage_kwargs(args))
+            write_xcom(result)
+            if result.commit_uri:
+                storage.write_json(result.commit_uri, result.payload())
+            outcome.result = result
     except StageError as exc:
         _report_failure(str(exc))
         return EXIT_STAGE_ERROR
