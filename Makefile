@@ -94,7 +94,8 @@ serving-env: $(SERVING_VENV)/.installed
 
 # pyproject.toml's pins with requirements-serving.txt's replacing those of the same name, then the stage
 # package itself without its metadata's pins (which name pandas 3).
-$(SERVING_VENV)/.installed: images/pipeline/pyproject.toml images/pipeline/requirements-serving.txt images/pipeline/serving_requirements.py
+$(SERVING_VENV)/.installed: images/pipeline/pyproject.toml images/pipeline/requirements-serving.txt \
+		images/pipeline/requirements-serving-test.txt images/pipeline/serving_requirements.py
 	$(PYTHON) -m venv $(SERVING_VENV)
 	$(PYTHON) images/pipeline/serving_requirements.py > $(SERVING_VENV)/requirements.txt
 	$(SERVING_BIN)/pip install --quiet -r $(SERVING_VENV)/requirements.txt
@@ -134,12 +135,18 @@ LOCK_COMPILE := $(LOCK_VENV)/bin/uv pip compile --quiet --no-config --native-tls
 WHEELS_DIR ?= $(shell pip3 config get global.find-links 2>/dev/null)
 
 ## lock: re-pin both images' runtime dependencies with hashes (images/*/requirements.lock) after changing their lists
+# The stage image's serving environment gets its own lock: the serving list under the stage lock's pins.
 .PHONY: lock
 lock: $(LOCK_VENV)/.installed
 	@test -d "$(WHEELS_DIR)" || { echo "make lock: no folder with the torch CPU wheel (set WHEELS_DIR); refusing to lock a CUDA torch" >&2; exit 1; }
 	$(LOCK_COMPILE) --python-version 3.11 --find-links $(WHEELS_DIR) \
 		images/pipeline/pyproject.toml images/pipeline/requirements-image.in -o images/pipeline/requirements.lock
 	$(LOCK_COMPILE) --python-version 3.11.7 requirements.txt -o images/airflow/requirements.lock
+	$(PYTHON) images/pipeline/serving_requirements.py --image > $(LOCK_VENV)/serving.in
+	$(PYTHON) images/pipeline/serving_requirements.py --constraints images/pipeline/requirements.lock \
+		> $(LOCK_VENV)/serving-constraints.txt
+	$(LOCK_COMPILE) --python-version 3.11 --find-links $(WHEELS_DIR) $(LOCK_VENV)/serving.in \
+		--constraints $(LOCK_VENV)/serving-constraints.txt -o images/pipeline/requirements-serving.lock
 
 $(LOCK_VENV)/.installed: images/requirements-lock-tool.txt
 	$(PYTHON) -m venv $(LOCK_VENV)

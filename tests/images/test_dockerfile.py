@@ -135,8 +135,13 @@ def test_final_stage_only_copies_the_built_venv_and_package(final_stage) -> None
     for installer in ("apt-get", "pip ", "gcc", "build-essential"):
         assert installer not in runs, f"the final stage runs {installer}"
     copies = [arguments for keyword, arguments in final_stage if keyword in ("COPY", "ADD")]
-    # The dependencies' venv (cached across code changes), then the package's own files.
-    assert copies == ["--from=deps /opt/venv /opt/venv", "--from=build /package/ /"]
+    # The dependencies' venv (cached across code changes), the model server's venv on top of it, then the
+    # package's own files.
+    assert copies == [
+        "--from=deps /opt/venv /opt/venv",
+        "--from=serving /opt/serving /opt/serving",
+        "--from=build /package/ /",
+    ]
 
 
 @pytest.mark.parametrize("dockerfile", [DOCKERFILE, AIRFLOW_DOCKERFILE], ids=lambda p: p.parent.name)

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 
 import pytest
+from test_kserve_manifests import SERVING_RUNTIME, rendered
 
 from embedded.stack import BUCKET, REPO, embedded_stack
 from privacy_pipeline_airflow.local_runtime import run_pod
@@ -92,6 +93,23 @@ def test_the_image_has_no_compilers_and_no_root_user(build_output) -> None:
     assert compilers.stdout.strip() == ""
     identity = _as_pod("id", "-u")
     assert identity.stdout.strip() == str(IMAGE_UID)
+
+
+def test_the_serving_runtimes_command_serves_from_the_images_serving_environment(build_output) -> None:
+    # The command deploy/k8s/kserve/servingruntime.yaml runs: kserve on pandas 2, the stage code from /opt/venv.
+    command = rendered(SERVING_RUNTIME)["spec"]["containers"][0]["command"]
+    python = command[0]
+    imported = _as_pod(
+        python, "-c", "import kserve, pandas, privacy_pipeline.serving.server; print(pandas.__version__)"
+    )
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    assert imported.stdout.strip().startswith("2."), imported.stdout
+    serve_help = _as_pod(*command, "serve", "--help")
+    assert serve_help.returncode == 0, serve_help.stderr[-2000:]
+    assert "--registry" in serve_help.stdout and "--max-batch-size" in serve_help.stdout
+    # The image's entrypoint stays the stage venv, on the stage package's own pandas.
+    stage_pandas = _as_pod("python", "-c", "import pandas; print(pandas.__version__)")
+    assert stage_pandas.stdout.strip().startswith("3."), stage_pandas.stdout
 
 
 def test_the_image_runtime_runs_rendered_pods_against_the_emulator(build_output, tmp_path) -> None:

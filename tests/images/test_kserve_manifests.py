@@ -35,6 +35,10 @@ KSERVE_DIR = REPO / "deploy" / "k8s" / "kserve"
 INFERENCE_SERVICE = KSERVE_DIR / "inferenceservice.yaml"
 SERVING_RUNTIME = KSERVE_DIR / "servingruntime.yaml"
 HELM_VALUES = REPO / "helm-values.yaml"
+DOCKERFILE = REPO / "images" / "pipeline" / "Dockerfile"
+# The image's model-server venv (kserve's pins, on top of the stage venv) and its interpreter.
+SERVING_VENV = "/opt/serving"
+SERVING_PYTHON = f"{SERVING_VENV}/bin/python"
 # In CI a read-only copy sits beside the checkout; here it is /work/shared.
 SCHEMAS = REPO.parent / "shared" / "schemas" / "kserve"
 SCHEMA_FILES = {
@@ -244,6 +248,16 @@ def test_the_inference_service_runs_the_runtime_on_the_champion_version(isvc, ru
     assert model["protocolVersion"] == "v2"
     assert model["args"] == ["--version", PLACEHOLDERS["MODEL_VERSION"]]
     assert runtime["spec"]["containers"][0]["args"][0] == "serve"
+
+
+def test_the_server_runs_in_the_images_serving_environment(runtime) -> None:
+    # The image's ENTRYPOINT is the stage venv, which has no kserve; the serving venv runs the same CLI.
+    container = runtime["spec"]["containers"][0]
+    assert container["command"] == [SERVING_PYTHON, "-m", "privacy_pipeline.cli"]
+    assert container["args"][0] == "serve"
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    assert f"COPY --from=serving {SERVING_VENV} {SERVING_VENV}" in dockerfile
+    assert f"python3 -m venv {SERVING_VENV}" in dockerfile
 
 
 def test_batching_is_on_and_bounded(isvc) -> None:

@@ -10,10 +10,12 @@ an image, and a Dockerfile that installs from anywhere else.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
 import subprocess
 import tomllib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from packaging.requirements import Requirement
@@ -24,6 +26,7 @@ from embedded.stack import REPO
 
 PIPELINE = REPO / "images" / "pipeline"
 PIPELINE_LOCK = PIPELINE / "requirements.lock"
+SERVING_LOCK = PIPELINE / "requirements-serving.lock"
 AIRFLOW_LOCK = REPO / "images" / "airflow" / "requirements.lock"
 HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 
@@ -79,6 +82,20 @@ def pipeline_lock() -> dict[str, tuple[Version | None, set[str]]]:
     return locked(PIPELINE_LOCK.read_text(encoding="utf-8"))
 
 
+def serving_requirements_module() -> ModuleType:
+    """images/pipeline/serving_requirements.py, the one place the serving list is derived (``make lock`` runs it)."""
+    spec = importlib.util.spec_from_file_location("serving_requirements", PIPELINE / "serving_requirements.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def serving_lock() -> dict[str, tuple[Version | None, set[str]]]:
+    return locked(SERVING_LOCK.read_text(encoding="utf-8"))
+
+
 @pytest.fixture(scope="module")
 def airflow_lock() -> dict[str, tuple[Version | None, set[str]]]:
     return locked(AIRFLOW_LOCK.read_text(encoding="utf-8"))
@@ -86,6 +103,30 @@ def airflow_lock() -> dict[str, tuple[Version | None, set[str]]]:
 
 def test_the_stage_image_lock_holds_pyproject_dependencies_hashed(pipeline_lock) -> None:
     assert lock_problems(pipeline_lock, pipeline_wanted()) == []
+
+
+def test_the_serving_lock_holds_the_serving_list_hashed(serving_lock) -> None:
+    wanted = [Requirement(line) for line in serving_requirements_module().serving_requirements(with_tests=False)]
+    assert {"kserve", "pandas", "torch"} <= {canonicalize_name(r.name) for r in wanted}
+    assert lock_problems(serving_lock, wanted) == []
+
+
+def test_the_serving_lock_differs_from_the_stage_lock_only_where_the_serving_list_says(
+    pipeline_lock, serving_lock
+) -> None:
+    # The image's /opt/serving holds only what differs from /opt/venv and sees the rest there: any other
+    # package at another version would shadow the stage venv's and run the stage code on untested versions.
+    serving = serving_requirements_module()
+    repinned = {
+        canonicalize_name(serving.requirement_name(line)) for line in serving.requirement_lines(serving.SERVING)
+    }
+    differing = {
+        name
+        for name, (version, _) in serving_lock.items()
+        if name in pipeline_lock and pipeline_lock[name][0] != version
+    }
+    assert differing <= repinned, f"re-run make lock: {sorted(differing - repinned)} differ from the stage lock"
+    assert "pandas" in differing
 
 
 def test_the_airflow_image_lock_holds_the_runtime_list_hashed(airflow_lock) -> None:
@@ -103,13 +144,15 @@ def test_the_airflow_image_runs_the_versions_the_tests_ran(airflow_lock) -> None
     assert drift == []
 
 
-def test_no_test_tool_is_in_an_image(pipeline_lock, airflow_lock) -> None:
+def test_no_test_tool_is_in_an_image(pipeline_lock, serving_lock, airflow_lock) -> None:
     test_tools = {canonicalize_name(r.name) for r in requirement_lines(REPO / "requirements-test.txt")}
     assert test_tools and not test_tools & airflow_lock.keys()
     runtime = {canonicalize_name(r.name) for r in pipeline_wanted()}
     # The [test] and [bench] extras, unless a runtime dependency needs the same package anyway.
     assert {"pytest", "ruff", "mypy"} <= pipeline_extras()
     assert not (pipeline_extras() - runtime) & pipeline_lock.keys()
+    serving_tests = {canonicalize_name(r.name) for r in requirement_lines(PIPELINE / "requirements-serving-test.txt")}
+    assert {"tritonclient", "selenium"} <= serving_tests and not (serving_tests | {"pytest"}) & serving_lock.keys()
 
 
 def test_torch_is_locked_to_the_cpu_wheel_pip_finds_here(pipeline_lock) -> None:
@@ -126,17 +169,23 @@ def test_torch_is_locked_to_the_cpu_wheel_pip_finds_here(pipeline_lock) -> None:
 
 
 @pytest.mark.parametrize(
-    "dockerfile,lock",
-    [(PIPELINE / "Dockerfile", "/src/requirements.lock"), (REPO / "images/airflow/Dockerfile", "requirements.lock")],
+    "dockerfile,locks",
+    [
+        (PIPELINE / "Dockerfile", ["/src/requirements.lock", "/src/requirements-serving.lock"]),
+        (REPO / "images/airflow/Dockerfile", ["requirements.lock"]),
+    ],
     ids=["pipeline", "airflow"],
 )
-def test_each_image_installs_its_lock_with_hashes_required(dockerfile: Path, lock: str) -> None:
+def test_each_image_installs_its_locks_with_hashes_required(dockerfile: Path, locks: list[str]) -> None:
     text = re.sub(r"\\\n", " ", dockerfile.read_text(encoding="utf-8"))
     installs = re.findall(r"pip install ([^&\n]*)", text)
-    from_lock = [args for args in installs if f"{lock} " in args + " "]
-    assert from_lock and all("--require-hashes" in args and "--no-deps" in args for args in from_lock)
+    from_lock = {lock: [args for args in installs if f"{lock} " in args + " "] for lock in locks}
+    for lock, lock_installs in from_lock.items():
+        assert lock_installs, f"{dockerfile} never installs {lock}"
+        assert all("--require-hashes" in args and "--no-deps" in args for args in lock_installs), lock_installs
     # Anything else pip installs is the package's own source, never a download.
-    assert all(args.split()[-1] == "/src" for args in installs if args not in from_lock), installs
+    locked_installs = [args for lock_installs in from_lock.values() for args in lock_installs]
+    assert all(args.split()[-1] == "/src" for args in installs if args not in locked_installs), installs
 
 
 def test_lock_problems_names_each_fault() -> None:
