@@ -88,6 +88,7 @@ def test_clean_text_data_passes_whole_with_an_empty_quarantine(tmp_path: Path, c
         "report_uri": layout.validation_report,
         "rows_valid": ROWS,
         "rows_quarantined": 0,
+        "reasons": {},
         "class_counts": report["class_counts"],
         # "support message 7 about ..." and "... 8 ..." differ only in a number: one text, normalised.
         "exact_duplicate_rows": 0,
@@ -150,7 +151,7 @@ def test_nan_and_inf_embeddings_are_quarantined(tmp_path: Path, config) -> None:
     quarantine = read(RunLayout(run_uri).quarantine)
     assert quarantine["id"].tolist() == ["msg-0005", "msg-0009"]
     assert set(quarantine["reason"]) == {"non_finite_embedding"}
-    assert result.xcom["rows_quarantined"] == 2
+    assert result.xcom["rows_quarantined"] == 2 and result.xcom["reasons"] == {"non_finite_embedding": 2}
     assert np.isfinite(np.stack(read(RunLayout(run_uri).validated)["embedding"].to_numpy())).all()
 
 

@@ -371,6 +371,8 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
             "report_uri": layout.validation_report,
             "rows_valid": validated.num_rows,
             "rows_quarantined": rows_quarantined,
+            # By reason, for the quarantine panels and alert (telemetry.py pushes it).
+            "reasons": reason_counts,
             "class_counts": class_counts,
             "exact_duplicate_rows": duplicates["exact_duplicate_rows"] if duplicates else None,
             "near_duplicate_rows": duplicates["near_duplicate_rows"] if duplicates else None,
