@@ -20,7 +20,7 @@ backfill replaces its outputs. Data stays in the bucket; **XCom** carries only s
 |---|---|
 | `wait_for_data` | the matching object names |
 | `ingest` | `snapshot_uri`, `manifest_uri`, `rows`, `parts`, `content_sha256` |
-| `validate` | `validated_uri`, `report_uri`, `rows_valid`, `rows_quarantined`, `class_counts` |
+| `validate` | `validated_uri`, `report_uri`, `rows_valid`, `rows_quarantined`, `reasons`, `class_counts` |
 | `featurize` | `features_uri`, `mode`, `rows`, `n_features`, `sentence_model(_version)`, `texts_per_second` |
 | `split` | `train_uri`, `holdout_uri`, `train_rows`, `holdout_rows`, `class_counts` |
 | `plan_tune_shards` | the argument list of each tune pod |
