@@ -94,6 +94,9 @@ class PipelineSettings(BaseSettings):
     vector_store_prefix: str = "vector_store/conversations"
     # Non-secret env for every stage pod (e.g. GOOGLE_CLOUD_PROJECT).
     env_configmap: str = "privacy-pipeline-env"
+    # The Prometheus Pushgateway every stage pushes its figures to (telemetry.py), set as the pod's
+    # PIPELINE_PUSHGATEWAY_URL. Empty: the pod takes it from env_configmap, if that names one.
+    pushgateway_url: str = ""
     # The pipeline config (deploy/k8s/pipeline-config.yaml, key pipeline.yaml): mounted read-only into every
     # stage pod, which gets --config pointing at it. Empty: the stages run on the config's defaults in code.
     pipeline_configmap: str = "privacy-pipeline-config"

@@ -166,7 +166,14 @@ def _env(settings: PipelineSettings, stage: str) -> tuple[list[k8s.V1EnvVar], li
             name="POD_NAME",
             value_from=k8s.V1EnvVarSource(field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.name")),
         ),
+        # Who the stage's metrics are pushed as (telemetry.py); env_vars is a templated field.
+        k8s.V1EnvVar(name="PIPELINE_DAG_ID", value="{{ dag.dag_id }}"),
+        k8s.V1EnvVar(name="PIPELINE_RUN_ID", value="{{ run_id }}"),
+        k8s.V1EnvVar(name="PIPELINE_TASK_ID", value="{{ ti.task_id }}"),
+        k8s.V1EnvVar(name="PIPELINE_MAP_INDEX", value="{{ ti.map_index }}"),
     ]
+    if settings.pushgateway_url:
+        env.append(k8s.V1EnvVar(name="PIPELINE_PUSHGATEWAY_URL", value=settings.pushgateway_url))
     if settings.gcp_credentials_secret:
         env.append(
             k8s.V1EnvVar(name="GOOGLE_APPLICATION_CREDENTIALS", value=f"{GCP_CREDENTIALS_MOUNT}/credentials.json")
