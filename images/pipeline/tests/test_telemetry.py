@@ -87,7 +87,7 @@ def test_xcom_figures_become_gauges_labelled_by_run() -> None:
 
 
 def test_quarantine_figures_give_input_rows_and_reasons() -> None:
-    identity = telemetry.TaskIdentity(dag="daily_conversations", run="r1", task="conversations_validate")
+    identity = telemetry.TaskIdentity(dag="daily_conversations", run="r1", task="validate")
     validate = {"conversations": 470, "quarantined": 30, "reasons": {"empty_user_text": 20, "bad_day": 10}}
     samples = _samples(generate_latest(telemetry.xcom_samples(identity, validate).registry).decode())
     assert _value(samples, "privacy_pipeline_stage_output_rows") == 470
