@@ -25,6 +25,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedded.mail import ALERT_RECIPIENT, MailServer, mail_server
 from embedded.stack import AIRFLOW_BIN, REPO, Stack, embedded_stack, free_port
 
 SERVICES = ("scheduler", "dag-processor", "triggerer")
@@ -85,6 +86,8 @@ class RunningAirflow:
     stack: Stack
     url: str
     password: str
+    # The SMTP server on 127.0.0.1 that Airflow's failure alerts go to.
+    mail: MailServer
 
     def token(self) -> str:
         body = json.dumps({"username": ADMIN_USER, "password": self.password}).encode()
@@ -140,6 +143,7 @@ def running_airflow(home: Path, *, port: int | None = None, extra_env: dict[str,
             os.chmod(pg_root, 0o755)
             cleanup.callback(shutil.rmtree, pg_root, True)
         database_url = cleanup.enter_context(local_postgres(pg_root))
+        mail = cleanup.enter_context(mail_server(home / "mail"))
         airflow_env = {
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -154,6 +158,9 @@ def running_airflow(home: Path, *, port: int | None = None, extra_env: dict[str,
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
             "AIRFLOW__TRIGGERER__CAPACITY": "50",
+            # Failure and deadline alerts (notifications.py) to the SMTP server above.
+            "AIRFLOW_CONN_SMTP_DEFAULT": mail.airflow_connection(),
+            "PIPELINE_ALERT_EMAIL_TO": ALERT_RECIPIENT,
             **(extra_env or {}),
         }
         stack = cleanup.enter_context(embedded_stack(home, extra_env=airflow_env))
@@ -190,7 +197,7 @@ def running_airflow(home: Path, *, port: int | None = None, extra_env: dict[str,
         _wait_healthy(url, processes, timeout=240)
         passwords = Path(stack.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
         password = json.loads(passwords.read_text(encoding="utf-8"))[ADMIN_USER]
-        yield RunningAirflow(stack=stack, url=url, password=password)
+        yield RunningAirflow(stack=stack, url=url, password=password, mail=mail)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     with running_airflow(args.home, port=args.port) as airflow:
         print(f"Airflow is up: {airflow.url}  (login: {ADMIN_USER} / {airflow.password})")
         print(f"GCS emulator (the bucket): {airflow.stack.emulator_host}; logs: {args.home / 'logs'}")
+        print(f"Failure alerts to {ALERT_RECIPIENT}: {airflow.mail.address}, delivered to {airflow.mail.maildir}/new/")
         print("Press Ctrl-C to stop every service.")
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:

@@ -15,10 +15,14 @@ active deadlines, logs streamed to the task log and the XCom JSON pushed.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.sdk import BaseOperatorLink
 from kubernetes.client import models as k8s
 
 from privacy_pipeline_airflow import pod_failures
@@ -54,6 +58,36 @@ RESTRICTED_POD_SECURITY = k8s.V1PodSecurityContext(
 )
 
 
+class RunReportLink(BaseOperatorLink):
+    """The register task's "Run report" button: the page its XCom's ``report_uri`` names, as a browser URL.
+
+    Airflow 3 calls this in the worker when the task ends and keeps the URL in
+    XCom, where the UI reads it; no plugin registration is needed (a link
+    registered by a plugin would run here in the api-server instead, which has
+    no task SDK to read XCom with). Other stages have no report: their button stays empty.
+    """
+
+    name = "Run report"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        result = XCom.get_value(ti_key=ti_key, key="return_value")
+        uri = result.get("report_uri") if isinstance(result, dict) else None
+        return browser_url(uri) if isinstance(uri, str) and uri else ""
+
+
+def browser_url(uri: str) -> str:
+    """Where a browser opens an object: GCS's authenticated URL, the emulator's media URL, or a file:// URL."""
+    if not uri.startswith("gs://"):
+        return Path(uri.removeprefix("file://")).resolve().as_uri()
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator:
+        return f"{emulator.rstrip('/')}/download/storage/v1/b/{bucket}/o/{quote(name, safe='')}?alt=media"
+    return f"https://storage.cloud.google.com/{bucket}/{quote(name)}"
+
+
 class StagePodOperator(KubernetesPodOperator):
     """KubernetesPodOperator whose rendered pod can also run on this machine.
 
@@ -61,6 +95,8 @@ class StagePodOperator(KubernetesPodOperator):
     main container's command, args and env, and return what the XCom sidecar
     would have.
     """
+
+    operator_extra_links = (RunReportLink(),)
 
     def execute(self, context: Any) -> Any:
         settings = get_settings()
