@@ -42,7 +42,7 @@ lint: setup
 # What the tiers need installed first, timed together as "prerequisites": add to this list.
 # The system tier runs Airflow on PostgreSQL; tests/images scans Dockerfiles, pods and manifests with checkov.
 # The serving tier runs in the model server's own venv and drives Debian's chromium.
-TEST_PREREQUISITES := setup postgres checkov serving-env chromium
+TEST_PREREQUISITES := setup postgres checkov serving-env chromium monitoring
 # Each tier is a target test-<tier>, run in this order by tests/tiers.sh; a new tier is a target and a name here.
 TEST_TIERS := lint stage-package serving dags-plugins e2e system images
 TEST_STARTED := $(shell date +%s)
@@ -52,25 +52,25 @@ test: $(TEST_PREREQUISITES)
 
 .PHONY: test-lint test-stage-package test-serving test-dags-plugins test-e2e test-system test-images
 test-lint: lint
-test-stage-package: setup
+test-stage-package: setup monitoring
 	$(PIPELINE_BIN)/pytest -q images/pipeline/tests
 # The model server, its batcher and the try-it page in headless Chromium (skipped in the stage-package tier).
 test-serving: serving-env chromium
 	$(SERVING_BIN)/pytest -q images/pipeline/tests/test_serving_batcher.py images/pipeline/tests/test_serving.py \
 		images/pipeline/tests/test_serving_page.py
 # Everything under tests/ but the three slow tiers: DAG policy, rendered pods, plugins (and any new folder).
-test-dags-plugins: setup
+test-dags-plugins: setup monitoring
 	$(AIRFLOW_PYTEST) tests --ignore=tests/e2e --ignore=tests/system --ignore=tests/images
 test-e2e: setup
 	$(AIRFLOW_PYTEST) tests/e2e
-test-system: setup postgres
+test-system: setup postgres monitoring
 	$(AIRFLOW_PYTEST) tests/system
 test-images: setup checkov
 	$(AIRFLOW_PYTEST) tests/images
 
 ## demo: run the training DAG end to end on the embedded default (local Airflow + SQLite, GCS emulator, local pods)
 .PHONY: demo
-demo: setup
+demo: setup monitoring
 	$(AIRFLOW_BIN)/python -m embedded.demo
 
 ## demo-conversations: two days of conversations through the daily_conversations DAG, a re-run of day 1, then a search
@@ -102,6 +102,14 @@ $(SERVING_VENV)/.installed: images/pipeline/pyproject.toml images/pipeline/requi
 	$(SERVING_BIN)/pip install --quiet --no-deps -e images/pipeline
 	touch $@
 
+# Debian's Prometheus (with promtool) and Pushgateway: `make airflow` and `make demo` start both on 127.0.0.1
+# (embedded/monitoring.py); the alert rules' tests run promtool.
+.PHONY: monitoring
+monitoring:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+			--no-install-recommends prometheus prometheus-pushgateway >/dev/null)
+
 # Debian's chromium and its WebDriver, for the try-it page's browser test.
 .PHONY: chromium
 chromium:
@@ -111,7 +119,7 @@ chromium:
 
 ## airflow: start a local Airflow 3 (api-server + web UI, scheduler, dag-processor, triggerer) on 127.0.0.1:8080 with PostgreSQL; Ctrl-C stops it
 .PHONY: airflow
-airflow: setup postgres
+airflow: setup postgres monitoring
 	$(AIRFLOW_BIN)/python -m embedded.services
 
 # PostgreSQL from Debian's packages, the metadata database of `make airflow` and the system tests.
