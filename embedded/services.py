@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embedded.mail import ALERT_RECIPIENT, MailServer, mail_server
+from embedded.monitoring import Monitoring, running_monitoring
 from embedded.stack import AIRFLOW_BIN, REPO, Stack, embedded_stack, free_port
 
 SERVICES = ("scheduler", "dag-processor", "triggerer")
@@ -88,6 +89,8 @@ class RunningAirflow:
     password: str
     # The SMTP server on 127.0.0.1 that Airflow's failure alerts go to.
     mail: MailServer
+    # Prometheus and the Pushgateway the stage pods push their figures to.
+    monitoring: Monitoring
 
     def token(self) -> str:
         body = json.dumps({"username": ADMIN_USER, "password": self.password}).encode()
@@ -144,6 +147,7 @@ def running_airflow(home: Path, *, port: int | None = None, extra_env: dict[str,
             cleanup.callback(shutil.rmtree, pg_root, True)
         database_url = cleanup.enter_context(local_postgres(pg_root))
         mail = cleanup.enter_context(mail_server(home / "mail"))
+        monitoring = cleanup.enter_context(running_monitoring(home / "monitoring"))
         airflow_env = {
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -161,6 +165,8 @@ def running_airflow(home: Path, *, port: int | None = None, extra_env: dict[str,
             # Failure and deadline alerts (notifications.py) to the SMTP server above.
             "AIRFLOW_CONN_SMTP_DEFAULT": mail.airflow_connection(),
             "PIPELINE_ALERT_EMAIL_TO": ALERT_RECIPIENT,
+            # Stage figures (telemetry.py) to the local Pushgateway, which Prometheus scrapes.
+            "PIPELINE_PUSHGATEWAY_URL": monitoring.pushgateway_url,
             **(extra_env or {}),
         }
         stack = cleanup.enter_context(embedded_stack(home, extra_env=airflow_env))
@@ -197,7 +203,7 @@ def running_airflow(home: Path, *, port: int | None = None, extra_env: dict[str,
         _wait_healthy(url, processes, timeout=240)
         passwords = Path(stack.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
         password = json.loads(passwords.read_text(encoding="utf-8"))[ADMIN_USER]
-        yield RunningAirflow(stack=stack, url=url, password=password, mail=mail)
+        yield RunningAirflow(stack=stack, url=url, password=password, mail=mail, monitoring=monitoring)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Airflow is up: {airflow.url}  (login: {ADMIN_USER} / {airflow.password})")
         print(f"GCS emulator (the bucket): {airflow.stack.emulator_host}; logs: {args.home / 'logs'}")
         print(f"Failure alerts to {ALERT_RECIPIENT}: {airflow.mail.address}, delivered to {airflow.mail.maildir}/new/")
+        print(
+            f"Prometheus: {airflow.monitoring.prometheus_url} (alerts at /alerts); stages push to "
+            f"{airflow.monitoring.pushgateway_url}"
+        )
         print("Press Ctrl-C to stop every service.")
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
