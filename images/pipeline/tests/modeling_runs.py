@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from privacy_pipeline import modeling, storage
+from privacy_pipeline import storage, tabular
 from privacy_pipeline.config import INTENTS, PipelineConfig
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.stage_result import StageResult
@@ -72,7 +72,7 @@ def featurized_run(root: Path, frame: pd.DataFrame, spec: dict[str, Any], name: 
     """A run prefix in which featurize has completed with ``frame`` and ``spec``."""
     run_uri = str(root / name)
     layout = RunLayout(run_uri)
-    storage.write_bytes(layout.features, modeling.table_bytes(frame))
+    storage.write_bytes(layout.features, tabular.parquet_bytes(frame))
     storage.write_json(layout.feature_spec, spec)
     storage.write_json(layout.result("featurize"), {"stage": "featurize", "rows": len(frame)})
     return run_uri

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from privacy_pipeline import cli, storage
+from privacy_pipeline import cli, storage, tabular
 from privacy_pipeline.config import load_config
 from privacy_pipeline.conversations import vector_store
 from privacy_pipeline.conversations.encoder import model_identity
@@ -75,7 +75,7 @@ def _publish(store: str, version: str, rows: list[tuple[str, str, str, str]], pa
     layout = vector_store.StoreLayout(store)
     index_data = vector_store.index_bytes(index)
     storage.write_bytes(layout.index(version), index_data)
-    storage.write_bytes(layout.metadata(version), vector_store.metadata_bytes(metadata))
+    storage.write_bytes(layout.metadata(version), tabular.parquet_bytes(metadata))
     hnsw = {"ef_search": config.conversations.hnsw_ef_search} if kind == "hnsw" else None
     manifest = {"version": version, "parent_version": parent, "index_kind": kind, "hnsw": hnsw, **model_identity(),
                 "index_sha256": vector_store.index_sha256(index_data)}  # fmt: skip

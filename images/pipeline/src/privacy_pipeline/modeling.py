@@ -14,7 +14,6 @@ candidate and without starting every fit from zero weights.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -56,12 +55,6 @@ CANDIDATE_PARAMS = ("clf__C", "clf__l1_ratio")
 def read_table(uri: str) -> pd.DataFrame:
     """A Parquet table from storage (features, train or holdout)."""
     return pd.read_parquet(storage.open_bytes(uri))
-
-
-def table_bytes(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
 
 
 # --- feature spec -------------------------------------------------------------------------------------------------

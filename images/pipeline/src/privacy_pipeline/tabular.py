@@ -225,7 +225,9 @@ def rows_with_non_finite(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 # --- writing and hashing -------------------------------------------------------
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(data: pa.Table | pd.DataFrame) -> bytes:
+    """The one way a table becomes Parquet bytes for ``storage.write_bytes``; a DataFrame's index is not written."""
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()

@@ -151,12 +151,6 @@ def read_metadata(uri: str) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
 
 
-def metadata_bytes(metadata: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    metadata.to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
-
 def read_vectors(uri: str) -> np.ndarray:
     return np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
 

@@ -24,7 +24,7 @@ import pandas as pd  # type: ignore[import-untyped]
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from privacy_pipeline import storage
+from privacy_pipeline import storage, tabular
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.conversations.encoder import TextEncoder, default_encoder, model_identity
 from privacy_pipeline.conversations.layout import EMBED, REDACT, ConversationsLayout
@@ -56,9 +56,7 @@ def embeddings_bytes(conversation_ids: list[str], vectors: np.ndarray) -> bytes:
             "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
         }
     )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
+    return tabular.parquet_bytes(table)
 
 
 def run(*, config: PipelineConfig, run_uri: str, encoder: TextEncoder | None = None) -> StageResult:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd  # type: ignore[import-untyped]
 
-from privacy_pipeline import storage
+from privacy_pipeline import storage, tabular
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.conversations.layout import REDACT, VALIDATE, ConversationsLayout
 from privacy_pipeline.conversations.redaction import KINDS, redact
@@ -115,9 +115,7 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
         rows.append(_redacted_row(parsed, row, config.conversations.snippet_chars, counts))
         with_pii += sum(counts.values()) > before
 
-    buffer = io.BytesIO()
-    pd.DataFrame(rows, columns=REDACTED_COLUMNS).to_parquet(buffer, index=False)
-    storage.write_bytes(layout.redacted, buffer.getvalue())
+    storage.write_bytes(layout.redacted, tabular.parquet_bytes(pd.DataFrame(rows, columns=REDACTED_COLUMNS)))
 
     redactions = {kind: counts.get(kind, 0) for kind in KINDS}
     log.info("redacted %s in %d of %d conversations", redactions, with_pii, len(rows))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 
-from privacy_pipeline import registry, storage
+from privacy_pipeline import registry, storage, tabular
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.conversations.layout import REDACT, TAG, ConversationsLayout
 from privacy_pipeline.errors import StageError
@@ -95,9 +95,7 @@ def run(*, config: PipelineConfig, run_uri: str, registry_uri: str) -> StageResu
         columns=TAG_COLUMNS,
     )
 
-    buffer = io.BytesIO()
-    tags.to_parquet(buffer, index=False)
-    storage.write_bytes(layout.tags, buffer.getvalue())
+    storage.write_bytes(layout.tags, tabular.parquet_bytes(tags))
     intent_counts = Counter(tags["intent"].tolist())
     privacy = conversations - intent_counts.get(config.negative_label, 0)
     return StageResult(

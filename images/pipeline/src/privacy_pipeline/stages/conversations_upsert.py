@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 
-from privacy_pipeline import storage
+from privacy_pipeline import storage, tabular
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.conversations import vector_store
 from privacy_pipeline.conversations.layout import EMBED, REDACT, TAG, UPSERT, ConversationsLayout
@@ -106,7 +106,7 @@ def run(*, config: PipelineConfig, run_uri: str, store_uri: str) -> StageResult:
     merged = vector_store.merge_day(base_vectors, base_metadata, day_vectors, day_metadata, day)
 
     vectors_bytes = vector_store.vectors_bytes(merged.vectors)
-    metadata_bytes = vector_store.metadata_bytes(merged.metadata)
+    metadata_bytes = tabular.parquet_bytes(merged.metadata)
     by_day = {str(d): int(n) for d, n in merged.metadata["day"].value_counts().sort_index().items()}
     counts = {
         "total": len(merged.metadata),

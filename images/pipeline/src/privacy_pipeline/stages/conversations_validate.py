@@ -18,14 +18,13 @@ without that key the stage fails rather than hash without one.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import Counter
 from typing import Any
 
 import pandas as pd  # type: ignore[import-untyped]
 
-from privacy_pipeline import storage
+from privacy_pipeline import storage, tabular
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.conversations.layout import VALIDATE, ConversationsLayout
 from privacy_pipeline.conversations.redaction import contains_email
@@ -104,12 +103,6 @@ def _valid_row(conversation: Conversation, record: SourceRecord, day: str, pseud
     }
 
 
-def _parquet(rows: list[dict[str, Any]], columns: list[str]) -> bytes:
-    buffer = io.BytesIO()
-    pd.DataFrame(rows, columns=columns).to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
-
 VALID_COLUMNS = [
     "conversation_id", "day", "source_uri", "source_index", "n_messages", "n_user_messages", "chars",
     "started_at", "ended_at", "user_id_hash",
@@ -178,8 +171,8 @@ def run(*, config: PipelineConfig, source: str, run_uri: str, day: str | None = 
             "max_conversation_chars": config.conversations.max_conversation_chars,
         },
     }
-    validated_bytes = _parquet(valid, VALID_COLUMNS)
-    quarantine_bytes = _parquet(quarantined, QUARANTINE_COLUMNS)
+    validated_bytes = tabular.parquet_bytes(pd.DataFrame(valid, columns=VALID_COLUMNS))
+    quarantine_bytes = tabular.parquet_bytes(pd.DataFrame(quarantined, columns=QUARANTINE_COLUMNS))
     storage.write_bytes(layout.validated, validated_bytes)
     storage.write_bytes(layout.quarantine, quarantine_bytes)
     storage.write_json(layout.validation_report, report)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 
-from privacy_pipeline import storage
+from privacy_pipeline import storage, tabular
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.errors import StageError
 from privacy_pipeline.phrasing import PHRASING_COLUMNS
@@ -181,9 +181,7 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
     log.info("featurized %d rows in %.1fs", rows, elapsed)
 
     # Everything is computed before the first write, so a failure leaves no partial output.
-    buffer = io.BytesIO()
-    features.to_parquet(buffer, index=False)
-    storage.write_bytes(layout.features, buffer.getvalue())
+    storage.write_bytes(layout.features, tabular.parquet_bytes(features))
     storage.write_json(layout.feature_spec, spec)
 
     n_embedding = len(spec["embedding_columns"])

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
 
-from privacy_pipeline import modeling, storage
+from privacy_pipeline import modeling, storage, tabular
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.errors import StageError
 from privacy_pipeline.phrasing import held_out_rows, text_keys
@@ -125,8 +125,8 @@ def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
     train = features[~in_holdout].reset_index(drop=True)
     holdout = features[in_holdout].reset_index(drop=True)
 
-    train_bytes = modeling.table_bytes(train)
-    holdout_bytes = modeling.table_bytes(holdout)
+    train_bytes = tabular.parquet_bytes(train)
+    holdout_bytes = tabular.parquet_bytes(holdout)
     storage.write_bytes(layout.train_split, train_bytes)
     storage.write_bytes(layout.holdout_split, holdout_bytes)
     class_counts = {"train": _class_counts(train["label"]), "holdout": _class_counts(holdout["label"])}

@@ -6,15 +6,13 @@ Not part of a run: no commit marker.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections import Counter
 
 import pyarrow as pa  # type: ignore[import-untyped]
-import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from privacy_pipeline import storage
+from privacy_pipeline import storage, tabular
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.conversations.schema import parse_day
 from privacy_pipeline.conversations.synth import NEGATIVE, generate_day
@@ -41,9 +39,7 @@ def run(*, config: PipelineConfig, out: str, day: str, conversations: int = 500,
     if fmt == "jsonl":
         data = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in synthetic.records).encode("utf-8")
     else:
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(synthetic.records), buffer)
-        data = buffer.getvalue()
+        data = tabular.parquet_bytes(pa.Table.from_pylist(synthetic.records))
     storage.write_bytes(out, data)
 
     intents = Counter(record["synthetic_intent"] for record in synthetic.records)
