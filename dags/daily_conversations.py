@@ -54,7 +54,7 @@ import pendulum
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectsWithPrefixExistenceSensor
 from airflow.sdk import DAG
 
-from privacy_pipeline_airflow import notifications, run_templates
+from privacy_pipeline_airflow import assets, notifications, run_templates
 from privacy_pipeline_airflow.settings import get_settings
 from privacy_pipeline_airflow.stage_pod import stage_pod
 
@@ -106,6 +106,15 @@ with DAG(
         "conversations-tag", "--run", RUN, "--registry", run_templates.registry_uri(settings), task_id="tag"
     )
     upsert = stage_pod("conversations-upsert", "--run", RUN, "--store", STORE, task_id="upsert")
-    publish = stage_pod("conversations-publish", "--run", RUN, "--store", STORE, task_id="publish")
+    publish = stage_pod(
+        "conversations-publish",
+        "--run",
+        RUN,
+        "--store",
+        STORE,
+        task_id="publish",
+        # A new `latest` version of the store: what a DAG that reads the index can schedule on.
+        outlets=[assets.conversation_index(settings)],
+    )
 
     wait_for_conversations >> validate >> redact >> embed >> tag >> upsert >> publish

@@ -35,6 +35,14 @@ backfill replaces its outputs. Data stays in the bucket; **XCom** carries only s
 
 **Params** (manual trigger): `data_prefix` (a prefix inside the bucket; empty = the `ds` partition),
 `search` (grid/random), `n_trials` (random search), `num_shards` (tune pods), `promote`.
+
+**Runs overlap; promotions do not.** A run whose `wait_for_data` waits (deferred, up to six hours) for its
+partition blocks no other run: there is no `max_active_runs=1`. What must not overlap is serialised per task:
+`register` (the promotion gate and the champion's compare-and-swap) runs for one run at a time
+(`max_active_tis_per_dag=1`, which counts deferred tasks since apache/airflow#61769, in Airflow 3.3).
+
+**Assets**: `register` updates `privacy_intent_registry` (every registered version); `announce_champion`
+updates `privacy_intent_champion` when this run's model became the champion (skipped otherwise).
 """
 
 from __future__ import annotations
@@ -49,7 +57,7 @@ import pendulum
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectsWithPrefixExistenceSensor
 from airflow.sdk import DAG, Param, task
 
-from privacy_pipeline_airflow import notifications, run_templates
+from privacy_pipeline_airflow import assets, notifications, run_templates
 from privacy_pipeline_airflow.settings import get_settings
 from privacy_pipeline_airflow.stage_pod import StagePodOperator, stage_arguments, stage_pod, stage_pod_kwargs
 
@@ -69,7 +77,6 @@ with DAG(
     schedule="0 2 * * *",
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,
     dagrun_timeout=timedelta(hours=6),
     default_args={
         "owner": "ml-platform",
@@ -131,8 +138,27 @@ with DAG(
     train = stage_pod("train", "--run", RUN, config_overrides=RUN_CONFIG)
     evaluate = stage_pod("evaluate", "--run", RUN, config_overrides=RUN_CONFIG)
     register = stage_pod(
-        "register", "--run", RUN, "--registry", run_templates.registry_uri(settings), config_overrides=RUN_CONFIG
+        "register",
+        "--run",
+        RUN,
+        "--registry",
+        run_templates.registry_uri(settings),
+        config_overrides=RUN_CONFIG,
+        outlets=[assets.registry(settings)],
+        # One run at a time judges and moves the champion; the other stages of runs overlap freely.
+        max_active_tis_per_dag=1,
     )
+
+    @task(outlets=[assets.champion_model(settings)])
+    def announce_champion(registered: dict) -> str:
+        """The champion asset's event, when this run's model became the champion; skipped otherwise."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not registered.get("promoted"):
+            raise AirflowSkipException(f"{registered.get('model_version')} was not promoted")
+        return str(registered["model_version"])
+
+    announce_champion(register.output)
 
     wait_for_data >> ingest >> validate >> featurize >> split >> tune_shards
     tune_shards >> tune >> select_best >> train >> evaluate >> register

@@ -35,12 +35,17 @@ POD_SECURITY = k8s.V1PodSecurityContext(
 VOLUMES = [
     k8s.V1Volume(name="scratch", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="2Gi")),
     k8s.V1Volume(
+        name="pipeline-config",
+        config_map=k8s.V1ConfigMapVolumeSource(name="privacy-pipeline-config", default_mode=0o444),
+    ),
+    k8s.V1Volume(
         name="gcp-credentials",
         secret=k8s.V1SecretVolumeSource(secret_name="privacy-pipeline-gcp", default_mode=0o440),
     ),
 ]
 VOLUME_MOUNTS = [
     k8s.V1VolumeMount(name="scratch", mount_path="/tmp"),
+    k8s.V1VolumeMount(name="pipeline-config", mount_path="/etc/privacy-pipeline", read_only=True),
     k8s.V1VolumeMount(name="gcp-credentials", mount_path="/var/run/secrets/gcp", read_only=True),
 ]
 ENV = [

@@ -14,12 +14,13 @@ from datetime import timedelta
 import pendulum
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectsWithPrefixExistenceSensor
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Asset, Param, task
 from kubernetes.client import models as k8s
 
 BUCKET = "privacy-intent-data"
 RUN = "gs://privacy-intent-data/runs/{{ run_id }}/"
 RUN_CONFIG = [
+    "--config", "/etc/privacy-pipeline/pipeline.yaml",
     "--set", "tune.search={{ params.search }}",
     "--set", "tune.n_trials={{ params.n_trials }}",
     "--set", "register.promote={{ params.promote | lower }}",
@@ -44,12 +45,17 @@ POD_SECURITY = k8s.V1PodSecurityContext(
 VOLUMES = [
     k8s.V1Volume(name="scratch", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="2Gi")),
     k8s.V1Volume(
+        name="pipeline-config",
+        config_map=k8s.V1ConfigMapVolumeSource(name="privacy-pipeline-config", default_mode=0o444),
+    ),
+    k8s.V1Volume(
         name="gcp-credentials",
         secret=k8s.V1SecretVolumeSource(secret_name="privacy-pipeline-gcp", default_mode=0o440),
     ),
 ]
 VOLUME_MOUNTS = [
     k8s.V1VolumeMount(name="scratch", mount_path="/tmp"),
+    k8s.V1VolumeMount(name="pipeline-config", mount_path="/etc/privacy-pipeline", read_only=True),
     k8s.V1VolumeMount(name="gcp-credentials", mount_path="/var/run/secrets/gcp", read_only=True),
 ]
 ENV = [
@@ -110,7 +116,6 @@ with DAG(
     schedule="0 2 * * *",
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,
     dagrun_timeout=timedelta(hours=6),
     default_args={"owner": "ml-platform", "retries": 2},
     tags=["privacy-intent", "training", "kubernetes"],
@@ -207,8 +212,21 @@ with DAG(
         arguments=[*RUN_CONFIG, "register", "--run", RUN, "--registry", "gs://privacy-intent-data/registry/"],
         labels=labels("register"),
         container_resources=STANDARD,
+        outlets=[Asset(uri="gs://privacy-intent-data/registry", name="privacy_intent_registry")],
+        max_active_tis_per_dag=1,
         **POD,
     )
+
+    @task(outlets=[Asset(uri="gs://privacy-intent-data/registry/champion.json", name="privacy_intent_champion")])
+    def announce_champion(registered: dict) -> str:
+        """The champion asset's event, when this run's model became the champion; skipped otherwise."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not registered.get("promoted"):
+            raise AirflowSkipException(f"{registered.get('model_version')} was not promoted")
+        return str(registered["model_version"])
+
+    announce_champion(register.output)
 
     wait_for_data >> ingest >> validate >> featurize >> split >> tune_shards
     tune_shards >> tune >> select_best >> train >> evaluate >> register

@@ -297,11 +297,19 @@ def stage_arguments(stage: str, *stage_args: str, config_overrides: dict[str, st
 
 
 def stage_pod(
-    stage: str, *stage_args: str, task_id: str | None = None, config_overrides: dict[str, str] | None = None
+    stage: str,
+    *stage_args: str,
+    task_id: str | None = None,
+    config_overrides: dict[str, str] | None = None,
+    **task_kwargs: Any,
 ) -> StagePodOperator:
-    """One pipeline stage as one pod; ``stage_args`` may be Jinja templates."""
+    """One pipeline stage as one pod; ``stage_args`` may be Jinja templates.
+
+    ``task_kwargs`` are the task's own operator arguments beyond its pod (``outlets``, ``max_active_tis_per_dag``).
+    """
     return StagePodOperator(
         task_id=task_id or stage,
         arguments=stage_arguments(stage, *stage_args, config_overrides=config_overrides),
         **stage_pod_kwargs(stage),
+        **task_kwargs,
     )

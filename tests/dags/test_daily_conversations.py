@@ -49,6 +49,12 @@ def test_graph_reads_like_the_pipeline(dag) -> None:
     assert dag.get_task("publish").downstream_task_ids == set()
 
 
+def test_publish_declares_the_index_asset(dag) -> None:
+    (index,) = dag.get_task("publish").outlets
+    assert index.name == "conversation_index"
+    assert index.uri == "gs://privacy-intent-data/vector_store/conversations/latest.json"
+
+
 def test_schedule_is_daily_after_training_one_run_at_a_time(dag) -> None:
     from airflow.timetables.base import DataInterval, TimeRestriction
     from airflow.timetables.trigger import CronTriggerTimetable

@@ -39,11 +39,13 @@ def test_graph_reads_like_the_pipeline(dag) -> None:
         "select_best", "train", "evaluate", "register",
     ]  # fmt: skip
     for upstream, downstream in zip(chain, chain[1:], strict=False):
-        assert dag.get_task(upstream).downstream_task_ids == {downstream}, upstream
-    assert dag.get_task("register").downstream_task_ids == set()
+        # announce_champion only emits the champion asset's event, beside the chain.
+        assert dag.get_task(upstream).downstream_task_ids - {"announce_champion"} == {downstream}, upstream
+    assert dag.get_task("announce_champion").upstream_task_ids == {"register"}
+    assert dag.get_task("announce_champion").downstream_task_ids == set()
 
 
-def test_schedule_is_daily_at_two_utc_one_run_at_a_time(dag) -> None:
+def test_schedule_is_daily_at_two_utc(dag) -> None:
     from airflow.timetables.base import DataInterval, TimeRestriction
     from airflow.timetables.trigger import CronTriggerTimetable
 
@@ -57,8 +59,26 @@ def test_schedule_is_daily_at_two_utc_one_run_at_a_time(dag) -> None:
         restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=True),
     )
     assert info.run_after == pendulum.datetime(2026, 11, 21, 2, tz="UTC")
-    assert dag.max_active_runs == 1
     assert dag.catchup is False
+
+
+def test_a_waiting_run_blocks_no_other_run_and_no_two_runs_promote_at_once(dag) -> None:
+    # max_active_runs=1 would count a run whose sensor is deferred (apache/airflow#55675) and queue every other
+    # run behind it for up to six hours.
+    assert dag.max_active_runs != 1
+    # The one task that judges and moves the champion runs for one run at a time; the scheduler counts a
+    # deferred task instance towards this limit too (apache/airflow#61769, in the installed Airflow).
+    assert dag.get_task("register").max_active_tis_per_dag == 1
+    assert dag.get_task("wait_for_data").max_active_tis_per_dag is None
+
+
+def test_the_dag_declares_the_assets_it_produces(dag) -> None:
+    def names(task_id: str) -> set[str]:
+        return {asset.name for asset in dag.get_task(task_id).outlets}
+
+    assert names("register") == {"privacy_intent_registry"}
+    assert names("announce_champion") == {"privacy_intent_champion"}
+    assert dag.get_task("register").outlets[0].uri == "gs://privacy-intent-data/registry"
 
 
 def test_data_sensor_is_deferrable_and_waits_on_the_runs_partition(dag) -> None:
