@@ -54,10 +54,11 @@ test: $(TEST_PREREQUISITES)
 test-lint: lint
 test-stage-package: setup monitoring
 	$(PIPELINE_BIN)/pytest -q images/pipeline/tests
-# The model server, its batcher and the try-it page in headless Chromium (skipped in the stage-package tier).
+# The model server, its batcher, the try-it page and the run report in headless Chromium (skipped in the
+# stage-package tier, which has no selenium).
 test-serving: serving-env chromium
 	$(SERVING_BIN)/pytest -q images/pipeline/tests/test_serving_batcher.py images/pipeline/tests/test_serving.py \
-		images/pipeline/tests/test_serving_page.py
+		images/pipeline/tests/test_serving_page.py images/pipeline/tests/test_run_report_page.py
 # Everything under tests/ but the three slow tiers: DAG policy, rendered pods, plugins (and any new folder).
 test-dags-plugins: setup monitoring
 	$(AIRFLOW_PYTEST) tests --ignore=tests/e2e --ignore=tests/system --ignore=tests/images

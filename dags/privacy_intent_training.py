@@ -31,7 +31,8 @@ backfill replaces its outputs. Data stays in the bucket; **XCom** carries only s
 |  | `roc_auc_ovr`, `baseline_f1_macro`, `phrasing_note`, `plot_uris` |
 | `register` | `model_version`, `model_uri`, `promoted`, `decision_reason`, `candidate_f1_macro`, |
 |  | `champion_f1_macro` (on this holdout), `champion_version`, `compared_against`, `compared_rows`, |
-|  | `f1_macro_difference`, `difference_interval` (the paired bootstrap's), `excluded_rows` |
+|  | `f1_macro_difference`, `difference_interval` (the paired bootstrap's), `excluded_rows`, |
+|  | `report_uri` (the run report; the task's **Run report** link opens it) |
 
 **Params** (manual trigger): `data_prefix` (a prefix inside the bucket; empty = the `ds` partition),
 `search` (grid/random), `n_trials` (random search), `num_shards` (tune pods), `promote`.

@@ -35,6 +35,7 @@ from privacy_pipeline.errors import StageError
 from privacy_pipeline.promotion_gate import PairedComparison
 from privacy_pipeline.registry import RegistryLayout
 from privacy_pipeline.run_layout import RunLayout
+from privacy_pipeline.run_report import write_report
 from privacy_pipeline.stage_result import StageResult
 from privacy_pipeline.stages import evaluate, split
 
@@ -128,6 +129,8 @@ def run(*, config: PipelineConfig, run_uri: str, registry_uri: str) -> StageResu
     champion_version = champion_after.get("version") if champion_after else None
     log.info("promotion decision for %s: promoted=%s (%s)", version, decision.promoted, decision.reason)
 
+    # The run's HTML page (data, metrics beside the champion's, plots, decision, lineage); the UI links it.
+    report_uri = write_report(run_uri, registry_uri, version)
     verdict = "promoted to champion" if decision.promoted else "registered, not promoted"
     return StageResult(
         stage=STAGE,
@@ -142,6 +145,7 @@ def run(*, config: PipelineConfig, run_uri: str, registry_uri: str) -> StageResu
             "champion_f1_macro": decision.champion_f1_macro,
             "champion_version": champion_version,
             **_gate_fields(decision),
+            "report_uri": report_uri,
         },
         commit_uri=layout.result(STAGE),
     )
