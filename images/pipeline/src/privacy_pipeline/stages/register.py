@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 
 import privacy_pipeline
-from privacy_pipeline import model_io, promotion_gate, registry, storage
+from privacy_pipeline import model_io, promotion_gate, registry, storage, tracking
 from privacy_pipeline.config import PipelineConfig, config_as_dict, config_sha256
 from privacy_pipeline.errors import StageError
 from privacy_pipeline.promotion_gate import PairedComparison
@@ -129,6 +129,10 @@ def run(*, config: PipelineConfig, run_uri: str, registry_uri: str) -> StageResu
     champion_version = champion_after.get("version") if champion_after else None
     log.info("promotion decision for %s: promoted=%s (%s)", version, decision.promoted, decision.reason)
 
+    tracking_line = tracking.mirror_registration(
+        _training_run(config, run_uri, registry_uri, reg, version, inputs, decision, champion_version), config
+    )
+
     # The run's HTML page (data, metrics beside the champion's, plots, decision, lineage); the UI links it.
     report_uri = write_report(run_uri, registry_uri, version)
     verdict = "promoted to champion" if decision.promoted else "registered, not promoted"
@@ -146,8 +150,39 @@ def run(*, config: PipelineConfig, run_uri: str, registry_uri: str) -> StageResu
             "champion_version": champion_version,
             **_gate_fields(decision),
             "report_uri": report_uri,
+            # The MLflow mirror: what was logged, or "skipped: <why>" (the registry above is the source of truth).
+            "tracking": tracking_line,
         },
         commit_uri=layout.result(STAGE),
+    )
+
+
+def _training_run(
+    config: PipelineConfig,
+    run_uri: str,
+    registry_uri: str,
+    reg: RegistryLayout,
+    version: str,
+    inputs: RunInputs,
+    decision: Decision,
+    champion_version: str | None,
+) -> tracking.TrainingRun:
+    return tracking.TrainingRun(
+        version=version,
+        run_uri=run_uri,
+        registry_uri=registry_uri,
+        promoted=decision.promoted,
+        decision_reason=decision.reason,
+        champion_version=champion_version,
+        model_bytes=inputs.model_bytes,
+        metrics=inputs.metrics,
+        train_params=inputs.train_result.get("params", {}),
+        run_record=storage.read_json(reg.run_record(version)),
+        data_sha256=inputs.manifest.get("content_sha256"),
+        image_tag=_image_tag(config),
+        holdout_truth=inputs.holdout["label"].astype(str).to_numpy(),
+        holdout_predictions=inputs.candidate_predictions,
+        gate=decision.comparison.as_dict() if decision.comparison else None,
     )
 
 
