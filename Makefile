@@ -42,7 +42,7 @@ lint: setup
 # What the tiers need installed first, timed together as "prerequisites": add to this list.
 # The system tier runs Airflow on PostgreSQL; tests/images scans Dockerfiles, pods and manifests with checkov.
 # The serving tier runs in the model server's own venv and drives Debian's chromium.
-TEST_PREREQUISITES := setup postgres checkov serving-env chromium monitoring
+TEST_PREREQUISITES := setup postgres checkov serving-env chromium monitoring mlflow-env
 # Each tier is a target test-<tier>, run in this order by tests/tiers.sh; a new tier is a target and a name here.
 TEST_TIERS := lint stage-package serving dags-plugins e2e system images
 TEST_STARTED := $(shell date +%s)
@@ -71,7 +71,7 @@ test-images: setup checkov
 
 ## demo: run the training DAG end to end on the embedded default (local Airflow + SQLite, GCS emulator, local pods)
 .PHONY: demo
-demo: setup monitoring
+demo: setup monitoring mlflow-env
 	$(AIRFLOW_BIN)/python -m embedded.demo
 
 ## demo-conversations: two days of conversations through the daily_conversations DAG, a re-run of day 1, then a search
@@ -111,6 +111,17 @@ monitoring:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
 			--no-install-recommends prometheus prometheus-pushgateway >/dev/null)
 
+MLFLOW_VENV := $(VENV)/mlflow
+
+## mlflow-env: the MLflow tracking server's venv (the full mlflow package), which `make airflow` and `make demo` start on 127.0.0.1
+.PHONY: mlflow-env
+mlflow-env: $(MLFLOW_VENV)/.installed
+
+$(MLFLOW_VENV)/.installed: embedded/requirements-mlflow.txt
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install --quiet -r embedded/requirements-mlflow.txt
+	touch $@
+
 # Debian's chromium and its WebDriver, for the try-it page's browser test.
 .PHONY: chromium
 chromium:
@@ -120,7 +131,7 @@ chromium:
 
 ## airflow: start a local Airflow 3 (api-server + web UI, scheduler, dag-processor, triggerer) on 127.0.0.1:8080 with PostgreSQL; Ctrl-C stops it
 .PHONY: airflow
-airflow: setup postgres monitoring
+airflow: setup postgres monitoring mlflow-env
 	$(AIRFLOW_BIN)/python -m embedded.services
 
 # PostgreSQL from Debian's packages, the metadata database of `make airflow` and the system tests.
