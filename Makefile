@@ -52,7 +52,7 @@ test: $(TEST_PREREQUISITES)
 
 .PHONY: test-lint test-stage-package test-serving test-dags-plugins test-e2e test-system test-images
 test-lint: lint
-test-stage-package: setup monitoring
+test-stage-package: setup monitoring mlflow-env
 	$(PIPELINE_BIN)/pytest -q images/pipeline/tests
 # The model server, its batcher, the try-it page and the run report in headless Chromium (skipped in the
 # stage-package tier, which has no selenium).
