@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from embedded.monitoring import run_figures, running_monitoring
 from embedded.serve import DEFAULT_PORT, try_it_lines
 from embedded.stack import BUCKET, REPO, embedded_stack
 
@@ -102,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     ds = now.date().isoformat()
     log_file = args.home / f"demo-{now:%Y%m%dT%H%M%SZ}.log"
     started = time.monotonic()
-    with embedded_stack(args.home) as stack:
+    # Each stage pushes its figures to a local Pushgateway, which a local Prometheus scrapes (history kept in .local).
+    with (
+        running_monitoring(args.home / "monitoring") as monitoring,
+        embedded_stack(args.home, extra_env={"PIPELINE_PUSHGATEWAY_URL": monitoring.pushgateway_url}) as stack,
+    ):
         print(
             f"Embedded default: Airflow home {stack.home / 'airflow'}, GCS emulator {stack.emulator_host}, "
             f"stage pods run by the {stack.env['PIPELINE_POD_RUNTIME']} runtime"
@@ -125,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(log_file.read_text(encoding="utf-8").splitlines()[-40:]), file=sys.stderr)
             return 1
         print_report(xcoms, run_id, time.monotonic() - started)
+        print(f"\nPrometheus ({monitoring.prometheus_url}) has the run's figures; stage seconds, longest first:")
+        print("\n".join(run_figures(monitoring, DAG_ID, run_id)))
     print(f"\nServe the champion: make serve, then\n{try_it_lines(f'http://127.0.0.1:{DEFAULT_PORT}')}")
     return 0
 

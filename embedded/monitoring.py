@@ -160,3 +160,18 @@ def running_monitoring(
         ]
         services.enter_context(_service("prometheus", command, f"http://{prometheus}/-/ready", home / "prometheus.log"))
         yield Monitoring(prometheus_url=f"http://{prometheus}", pushgateway_url=pushgateway_url)
+
+
+def run_figures(monitoring: Monitoring, dag_id: str, run_id: str) -> list[str]:
+    """What Prometheus now holds of one run: lines for people, after its next scrape of the Pushgateway."""
+    monitoring.wait_for_scrape()
+    selector = f'dag="{dag_id}",run="{run_id}"'
+    stages = monitoring.query(f"privacy_pipeline_stage_duration_seconds{{{selector}}}")
+    lines = [
+        f"  {sample['metric']['task']:<14} {float(sample['value'][1]):7.1f} s"
+        for sample in sorted(stages, key=lambda s: float(s["value"][1]), reverse=True)
+    ]
+    for name, label in (("holdout_f1_macro", "holdout macro-F1"), ("model_promoted", "promoted (1/0)")):
+        for sample in monitoring.query(f'privacy_pipeline_{name}{{{selector},stage="register"}}'):
+            lines.append(f"  {label:<14} {float(sample['value'][1]):.3f}")
+    return lines
