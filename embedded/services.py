@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embedded.mail import ALERT_RECIPIENT, MailServer, mail_server
+from embedded.mlflow_server import mlflow_server
 from embedded.monitoring import Monitoring, running_monitoring
 from embedded.stack import AIRFLOW_BIN, REPO, Stack, embedded_stack, free_port
 
@@ -91,6 +92,8 @@ class RunningAirflow:
     mail: MailServer
     # Prometheus and the Pushgateway the stage pods push their figures to.
     monitoring: Monitoring
+    # The MLflow tracking server register mirrors the registry to (None: started without one).
+    mlflow_url: str | None = None
 
     def token(self) -> str:
         body = json.dumps({"username": ADMIN_USER, "password": self.password}).encode()
@@ -136,8 +139,10 @@ def _wait_healthy(url: str, processes: dict[str, subprocess.Popen], timeout: flo
 
 
 @contextmanager
-def running_airflow(home: Path, *, port: int | None = None, extra_env: dict[str, str] | None = None):
-    """Start PostgreSQL, the GCS emulator and Airflow's services; stop them all on exit."""
+def running_airflow(
+    home: Path, *, port: int | None = None, extra_env: dict[str, str] | None = None, mlflow: bool = False
+):
+    """Start PostgreSQL, the GCS emulator and Airflow's services (``mlflow``: and MLflow); stop them all on exit."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     with ExitStack() as cleanup:
@@ -148,6 +153,7 @@ def running_airflow(home: Path, *, port: int | None = None, extra_env: dict[str,
         database_url = cleanup.enter_context(local_postgres(pg_root))
         mail = cleanup.enter_context(mail_server(home / "mail"))
         monitoring = cleanup.enter_context(running_monitoring(home / "monitoring"))
+        tracking = cleanup.enter_context(mlflow_server(home / "mlflow")) if mlflow else None
         airflow_env = {
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -167,6 +173,7 @@ def running_airflow(home: Path, *, port: int | None = None, extra_env: dict[str,
             "PIPELINE_ALERT_EMAIL_TO": ALERT_RECIPIENT,
             # Stage figures (telemetry.py) to the local Pushgateway, which Prometheus scrapes.
             "PIPELINE_PUSHGATEWAY_URL": monitoring.pushgateway_url,
+            **(tracking.env if tracking else {}),
             **(extra_env or {}),
         }
         stack = cleanup.enter_context(embedded_stack(home, extra_env=airflow_env))
@@ -203,7 +210,14 @@ def running_airflow(home: Path, *, port: int | None = None, extra_env: dict[str,
         _wait_healthy(url, processes, timeout=240)
         passwords = Path(stack.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
         password = json.loads(passwords.read_text(encoding="utf-8"))[ADMIN_USER]
-        yield RunningAirflow(stack=stack, url=url, password=password, mail=mail, monitoring=monitoring)
+        yield RunningAirflow(
+            stack=stack,
+            url=url,
+            password=password,
+            mail=mail,
+            monitoring=monitoring,
+            mlflow_url=tracking.url if tracking else None,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=REPO / ".local")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
-    with running_airflow(args.home, port=args.port) as airflow:
+    with running_airflow(args.home, port=args.port, mlflow=True) as airflow:
         print(f"Airflow is up: {airflow.url}  (login: {ADMIN_USER} / {airflow.password})")
         print(f"GCS emulator (the bucket): {airflow.stack.emulator_host}; logs: {args.home / 'logs'}")
         print(f"Failure alerts to {ALERT_RECIPIENT}: {airflow.mail.address}, delivered to {airflow.mail.maildir}/new/")
@@ -219,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Prometheus: {airflow.monitoring.prometheus_url} (alerts at /alerts); stages push to "
             f"{airflow.monitoring.pushgateway_url}"
         )
+        print(f"MLflow (experiment and registered model privacy-intent): {airflow.mlflow_url}")
         print("Press Ctrl-C to stop every service.")
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:

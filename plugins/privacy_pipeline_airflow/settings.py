@@ -57,6 +57,8 @@ def _default_resources() -> dict[str, StageResources]:
         "conversations-tag": heavy,
         "conversations-upsert": heavy,
         "conversations-publish": heavy,
+        # Lists and deletes objects, holding only their names.
+        "retention": StageResources(cpu_request="100m", cpu_limit="500m", memory_request="256Mi", memory_limit="1Gi"),
     }
 
 
@@ -100,6 +102,9 @@ class PipelineSettings(BaseSettings):
     # The pipeline config (deploy/k8s/pipeline-config.yaml, key pipeline.yaml): mounted read-only into every
     # stage pod, which gets --config pointing at it. Empty: the stages run on the config's defaults in code.
     pipeline_configmap: str = "privacy-pipeline-config"
+    # The MLflow tracking server the register and rollback pods mirror the registry to (tracking.py), e.g.
+    # http://mlflow.mlflow.svc:5000; empty: no mirror, and register's XCom says tracking was skipped.
+    mlflow_tracking_uri: str = ""
     # Kubernetes Secret holding GCP credentials as credentials.json; mounted as
     # a file, never copied into env values. Empty when the node's identity
     # (workload identity federation) is enough.

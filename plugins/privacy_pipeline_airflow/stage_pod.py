@@ -38,6 +38,8 @@ from privacy_pipeline_airflow.settings import PipelineSettings, get_settings
 
 # Only the stage that turns user ids into pseudonyms mounts the key they are made with.
 PSEUDONYMISING_STAGES = frozenset({"conversations-validate"})
+# The stages that mirror registry moves to MLflow (register; rollback and canary-check move the champion alias).
+TRACKING_STAGES = frozenset({"register", "rollback", "canary-check"})
 PSEUDONYM_KEY_MOUNT = "/var/run/secrets/pseudonym"
 
 RESTRICTED_CONTAINER_SECURITY = k8s.V1SecurityContext(
@@ -217,6 +219,8 @@ def _env(settings: PipelineSettings, stage: str) -> tuple[list[k8s.V1EnvVar], li
     if stage in PSEUDONYMISING_STAGES and settings.pseudonym_key_secret:
         # The path, never the key: the stage reads the mounted file.
         env.append(k8s.V1EnvVar(name="PIPELINE_PSEUDONYM_SECRET_PATH", value=f"{PSEUDONYM_KEY_MOUNT}/key"))
+    if stage in TRACKING_STAGES and settings.mlflow_tracking_uri:
+        env.append(k8s.V1EnvVar(name="MLFLOW_TRACKING_URI", value=settings.mlflow_tracking_uri))
     env_from = [k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=settings.env_configmap))]
     return env, env_from
 

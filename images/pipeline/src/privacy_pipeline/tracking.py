@@ -43,8 +43,8 @@ from privacy_pipeline.run_layout import RunLayout
 log = logging.getLogger(__name__)
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-# Set by the register pod from the Airflow run (stage_pod.py); outside Airflow the run prefix's last segment.
-AIRFLOW_RUN_ID_ENV = "PIPELINE_AIRFLOW_RUN_ID"
+# Every stage pod gets its Airflow run id (stage_pod.py); outside Airflow the run prefix's last segment.
+AIRFLOW_RUN_ID_ENV = "PIPELINE_RUN_ID"
 EXPERIMENT = "privacy-intent"
 REGISTERED_MODEL = "privacy-intent"
 CHAMPION_ALIAS = "champion"
