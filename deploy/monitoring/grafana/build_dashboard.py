@@ -135,7 +135,7 @@ def _conversations_panels() -> list[timeseries.Panel | table.Panel]:
     return [
         _timeseries(
             "Drift per day",
-            "The drift stage's score of each day's conversations against the champion's data; above 0.55 alerts.",
+            "The drift stage's domain-classifier AUC of each day's conversations against earlier days (alert: > 0.55).",
             _query("max by (dag) (max_over_time(privacy_pipeline_drift_score[1d]))", "{{dag}}"),
         ).thresholds(_threshold_line(DRIFT_ALERT)),
         _timeseries(
