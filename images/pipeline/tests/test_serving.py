@@ -222,6 +222,28 @@ def test_a_bad_request_gets_a_4xx_that_says_what_to_fix_and_the_next_request_is_
     assert _outputs(good)["intent"]["data"] == ["data_deletion"]
 
 
+def test_a_binary_message_that_is_not_utf8_gets_a_400_naming_it_and_its_bytes_stay_out_of_the_log(
+    server: ServerProcess,
+) -> None:
+    # The SDK decodes binary BYTES tensors while parsing, before our model runs: without the data plane's
+    # check this is a 500 whose message and traceback carry the raw bytes.
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    latin1 = f"{CANARY}: efface mes donn\xe9es".encode("latin-1")
+    text_input = triton.InferInput("text", [2], "BYTES")
+    text_input.set_data_from_numpy(np.array([MESSAGES[0].encode(), latin1], dtype=np.object_), binary_data=True)
+
+    with pytest.raises(triton.InferenceServerException) as refused:
+        client.infer(MODEL_NAME, [text_input])
+
+    assert refused.value.status() == "400"
+    assert 'message 1 of input "text" is not UTF-8 text' in refused.value.message()
+    assert CANARY not in refused.value.message()
+    log_text = server.log_path.read_text(encoding="utf-8", errors="replace")
+    assert CANARY not in log_text and "donn" not in log_text
+    good_status, good = _post(server.infer_url, _texts_body([MESSAGES[0]]))
+    assert good_status == 200 and _outputs(good)["intent"]["data"] == ["data_deletion"]
+
+
 def test_the_version_being_served_answers_on_its_versioned_route(
     server: ServerProcess, trained: TrainedRegistry
 ) -> None:

@@ -14,6 +14,7 @@ exit code 2, and nothing ever listens with a half-loaded model.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from typing import Any
@@ -27,8 +28,11 @@ try:
     import kserve
     from fastapi import Request, Response
     from fastapi.responses import HTMLResponse
-    from kserve.errors import ModelNotFound
+    from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+    from kserve.errors import InferenceError, InvalidInput, ModelNotFound
     from kserve.model_server import app
+    from kserve.protocol.dataplane import DataPlane
+    from kserve.protocol.infer_type import deserialize_bytes_tensor
     from kserve.protocol.rest.v2_datamodels import InferenceRequest
     from kserve.protocol.rest.v2_endpoints import V2Endpoints
 
@@ -37,8 +41,9 @@ try:
 except ModuleNotFoundError as missing:
     # `privacy-pipeline serve` from the stage environment: say where the server runs instead of a traceback.
     raise StageError(
-        f"serve: {missing.name} is not installed in this environment; the model server has its own "
-        "(make serving-env), run .venv/serving/bin/privacy-pipeline serve ..."
+        f"serve: {missing.name} is not installed in this environment; the model server has its own: "
+        "run .venv/serving/bin/privacy-pipeline serve ... here (make serving-env), "
+        "/opt/serving/bin/python -m privacy_pipeline.cli serve ... in the image"
     ) from missing
 
 log = logging.getLogger(__name__)
@@ -61,16 +66,64 @@ class VersionNotServed(ModelNotFound):  # type: ignore[misc]
         )
 
 
-class LoopbackModelServer(kserve.ModelServer):  # type: ignore[misc]
-    """``kserve.ModelServer`` listening on ``host``: kserve 0.21's REST server always binds 0.0.0.0.
+def first_non_utf8_element(body: bytes, json_length: int) -> tuple[str, int] | None:
+    """(input name, element index) of the first binary BYTES element that is not UTF-8, if any.
 
-    That is right in a pod, where the pod's network is the boundary; on a
-    workstation the server must stay on loopback unless asked otherwise.
+    The binary extension of the protocol: a JSON header of ``json_length``
+    bytes, then each input's ``binary_data_size`` bytes in order, a BYTES
+    tensor being length-prefixed elements (the SDK's own deserializer reads them).
+    """
+    header = json.loads(body[:json_length])
+    start = json_length
+    for tensor in header.get("inputs", []):
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            continue
+        raw, start = body[start : start + size], start + size
+        if tensor.get("datatype") != "BYTES":
+            continue
+        for index, element in enumerate(deserialize_bytes_tensor(raw)):
+            try:
+                element.decode("utf-8")
+            except UnicodeDecodeError:
+                return str(tensor.get("name")), index
+    return None
+
+
+class TextCheckingDataPlane(DataPlane):  # type: ignore[misc]
+    """kserve's DataPlane, answering a binary BYTES element that is not UTF-8 with a 400 that names it.
+
+    kserve 0.21 turns binary BYTES elements into ``str`` while it parses the
+    request, before any model code runs, and reports one that is not UTF-8 as
+    a 500 whose message (and so its logged traceback) holds the element's raw
+    bytes: nothing a caller can act on, and message content in the log.
+    """
+
+    def decode_inference_request(self, body: Any, headers: dict[str, str], model_name: str) -> Any:
+        try:
+            return super().decode_inference_request(body, headers, model_name)
+        except InferenceError as error:
+            if not isinstance(error.__context__, UnicodeDecodeError):
+                raise
+        # Raised outside the except block, so neither the SDK's error nor its bytes are chained into the log.
+        found = first_non_utf8_element(body, int(headers[INFERENCE_CONTENT_LENGTH_HEADER]))
+        where = f'message {found[1]} of input "{found[0]}"' if found else "a message"
+        raise InvalidInput(f"{where} is not UTF-8 text; send each message encoded as UTF-8")
+
+
+class LoopbackModelServer(kserve.ModelServer):  # type: ignore[misc]
+    """``kserve.ModelServer`` listening on ``host``, with ``TextCheckingDataPlane`` as its data plane.
+
+    kserve 0.21's REST server always binds 0.0.0.0. That is right in a pod,
+    where the pod's network is the boundary; on a workstation the server must
+    stay on loopback unless asked otherwise.
     """
 
     def __init__(self, *, host: str, **kwargs: Any) -> None:
         self.host = host
         super().__init__(**kwargs)
+        # Before start() hands the data plane to the REST (and gRPC) endpoints.
+        self.dataplane = TextCheckingDataPlane(model_registry=self.registered_models)
 
     def setup_event_loop(self) -> None:
         # Called by start() after the REST server is built and before it listens.
