@@ -133,6 +133,28 @@ def _registry_view_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="as_json", action="store_true", help="print JSON for machines")
 
 
+def _retention_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", dest="runs_uri", required=True, metavar="URI", help="the runs prefix, gs://b/runs/")
+    parser.add_argument("--registry", required=True, metavar="URI", help="the model registry prefix")
+    _store_arg(parser)
+    parser.add_argument("--report", dest="report_uri", required=True, metavar="URI", help="where the report goes")
+    parser.add_argument(
+        "--dry-run",
+        nargs="?",
+        type=_true_or_false,
+        const=True,
+        default=False,
+        metavar="true|false",
+        help="report what would go, delete nothing (--dry-run=false: delete; the DAG passes its Param)",
+    )
+
+
+def _true_or_false(value: str) -> bool:
+    if value.lower() not in {"true", "false"}:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.lower() == "true"
+
+
 def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", required=True, metavar="URI", help="the model registry prefix")
     parser.add_argument("--version", metavar="V", help="a registered model version (default: the champion)")
@@ -326,6 +348,16 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "Reads the run's candidate. Writes <store>/versions/<version>/ (index.faiss, vectors.npy, metadata.parquet, "
         "manifest.json) and then moves <store>/latest.json; refuses below conversations.min_recall_at_10.",
         _conversations_store_args,
+    ),
+    Subcommand(
+        "retention",
+        "retention",
+        "delete old run prefixes, model versions and vector-store versions nothing kept refers to",
+        "Keeps the newest retention.keep_model_versions model versions and every version ever champion, the newest "
+        "retention.keep_store_versions store versions and latest, and every run prefix newer than "
+        "retention.run_max_age_days or named by something kept; deletes the rest (--dry-run: nothing) and writes "
+        "what went, with reasons and sizes, to --report.",
+        _retention_args,
     ),
     Subcommand(
         "search",

@@ -176,6 +176,18 @@ class ConversationsConfig(_Section):
     search_overfetch: int = Field(default=10, ge=1)
 
 
+class RetentionConfig(_Section):
+    """The retention stage: what it may delete from the bucket (README, "Retention")."""
+
+    # A run prefix (runs/<run_id>/, runs/conversations/<run_id>/) whose newest object is older than this goes,
+    # unless a kept model version or store version, or the champion's history, names the run.
+    run_max_age_days: float = Field(default=30.0, gt=0.0)
+    # Registered model versions kept: the newest this many, plus every version that was ever champion.
+    keep_model_versions: int = Field(default=10, ge=1)
+    # Vector-store versions kept: the newest this many, plus the one latest.json points at.
+    keep_store_versions: int = Field(default=7, ge=1)
+
+
 class PipelineConfig(_Section):
     seed: int = 42
     labels: list[str] = Field(default_factory=lambda: list(INTENTS))
@@ -192,6 +204,7 @@ class PipelineConfig(_Section):
     register_: RegisterConfig = Field(default=RegisterConfig(), alias="register")
     rollout: RolloutConfig = RolloutConfig()
     conversations: ConversationsConfig = ConversationsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

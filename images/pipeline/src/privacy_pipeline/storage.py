@@ -22,6 +22,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -204,6 +205,35 @@ def list_uris(prefix: str) -> list[str]:
     found = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
     scheme = "file://" if prefix.startswith("file://") else ""
     return sorted(f"{scheme}{p}" for p in found)
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    uri: str
+    size: int
+    # When the object was last written: GCS's ``updated``, locally the file's mtime.
+    updated: datetime
+
+
+def list_objects(prefix: str) -> list[ListedObject]:
+    """``list_uris`` with each object's size and last write time, from the one listing."""
+    if is_gcs(prefix):
+        bucket, name = _split_gcs(prefix)
+        if name and not name.endswith("/"):
+            name += "/"
+        return sorted(
+            (
+                ListedObject(f"{GCS_SCHEME}{bucket}/{blob.name}", int(blob.size or 0), blob.updated)
+                for blob in _gcs_client().list_blobs(bucket, prefix=name)
+                if not blob.name.endswith("/")
+            ),
+            key=lambda listed: listed.uri,
+        )
+    listed = []
+    for uri in list_uris(prefix):
+        st = _local_path(uri).stat()
+        listed.append(ListedObject(uri, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+    return listed
 
 
 def delete(uri: str) -> None:
