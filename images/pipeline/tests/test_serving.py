@@ -185,6 +185,19 @@ BAD_REQUESTS: dict[str, tuple[Any, str, int, str]] = {
         "expected [n] or [n, 1] for n messages",
     ),
     "not-a-string": (_texts_body([42]), "infer", 400, "message 0 is not a string (got int)"),
+    # JSON escapes a lone surrogate, which is no UTF-8 text; raw Latin-1 bytes make the body itself invalid.
+    "lone-surrogate": (
+        b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["hi", "caf\\ud800"]}]}',
+        "infer",
+        400,
+        "message 1 is not UTF-8 text (it holds a lone surrogate)",
+    ),
+    "latin1-json-body": (
+        '{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["caf\u00e9"]}]}'.encode("latin-1"),
+        "infer",
+        400,
+        "error parsing the body",
+    ),
     "empty-text": (_texts_body(["Hello", "   "]), "infer", 400, "message 1 is empty"),
     "one-megabyte-text": (
         _texts_body(["a" * ONE_MB]),

@@ -174,6 +174,12 @@ def request_texts(request: InferRequest) -> list[str]:
                 raise InvalidInput(f"message {position} is not UTF-8 text") from None
         if not isinstance(value, str):
             raise InvalidInput(f"message {position} is not a string (got {type(value).__name__})")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                # JSON's "\ud800" escape: Python's json accepts a lone surrogate, the tokenizer then fails (a 500).
+                raise InvalidInput(f"message {position} is not UTF-8 text (it holds a lone surrogate)") from None
         if not value.strip():
             raise InvalidInput(f"message {position} is empty; send the message text")
         if len(value) > MAX_TEXT_CHARS:
