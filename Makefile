@@ -63,16 +63,16 @@ test-serving: serving-env chromium
 # Everything under tests/ but the three slow tiers: DAG policy, rendered pods, plugins (and any new folder).
 test-dags-plugins: setup monitoring
 	$(AIRFLOW_PYTEST) tests --ignore=tests/e2e --ignore=tests/system --ignore=tests/images
-test-e2e: setup
+test-e2e: setup serving-env
 	$(AIRFLOW_PYTEST) tests/e2e
-test-system: setup postgres monitoring
+test-system: setup postgres monitoring serving-env
 	$(AIRFLOW_PYTEST) tests/system
 test-images: setup checkov
 	$(AIRFLOW_PYTEST) tests/images
 
 ## demo: run the training DAG end to end on the embedded default (local Airflow + SQLite, GCS emulator, local pods)
 .PHONY: demo
-demo: setup monitoring mlflow-env
+demo: setup monitoring mlflow-env serving-env
 	$(AIRFLOW_BIN)/python -m embedded.demo
 
 ## demo-conversations: two days of conversations through the daily_conversations DAG, a re-run of day 1, then a search

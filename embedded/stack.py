@@ -28,6 +28,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW_BIN = REPO / ".venv" / "airflow" / "bin"
 PIPELINE_BIN = REPO / ".venv" / "pipeline" / "bin"
+# The model server's own venv (kserve): canary_check starts the two versions it compares with this interpreter.
+SERVING_PYTHON = REPO / ".venv" / "serving" / "bin" / "python"
 BUCKET = "privacy-intent-data"
 PROJECT = "privacy-intent-local"
 
@@ -160,6 +162,7 @@ def _cluster_manifests(emulator_host: str, gcp_credentials: str | None, pseudony
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "STORAGE_EMULATOR_HOST": emulator_host,
             "PIPELINE_LOG_LEVEL": "INFO",
+            "PIPELINE_SERVING_PYTHON": str(SERVING_PYTHON),
         },
     }
     manifests: list[dict] = [
