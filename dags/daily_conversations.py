@@ -14,7 +14,16 @@ One Kubernetes pod per stage (`privacy-pipeline conversations-<stage>` in the pi
   partition, and re-processing a day replaces that day's entries in the store, never duplicates them.
 
 **Graph**: `wait_for_conversations` (deferrable GCS sensor) → `validate` → `redact` → `embed` → `tag` →
-`upsert` → `publish`.
+`upsert` → `publish`, and beside them `tag` → `drift` → `drifted` → `retrain_on_drift`.
+
+**Drift that acts**: `drift` compares the day with the store's recent days (that decides) and with the
+champion's training data (reported): per-feature PSI and KS, a domain classifier's ROC AUC, the
+predicted-intent mix; its report is `report.json` and `report.html` under the run's `conversations/drift/`.
+When the AUC is above `drift.auc_threshold` (0.55), `drifted` lets `retrain_on_drift` trigger
+`privacy_intent_training` once, with run id `drift__<day>__<hash of the day's conversations>` and
+`data_prefix` the latest labelled `ds=` partition up to the day (conversations carry no labels); a run with
+that id already existing (the same day re-run) means it was triggered before, and nothing is started, the
+upload watch's rule. A failed or skipped `drift` never holds back `upsert` and `publish`.
 
 Every stage writes under the run's own prefix `gs://<bucket>/runs/conversations/<run_id>/conversations/`;
 only `publish` writes to the store, `gs://<bucket>/vector_store/conversations/`: a new
@@ -36,6 +45,9 @@ only small metadata:
 |  | `counts` (`total`, `day`, `added`, `replaced`, `removed`, `by_day`) |
 | `publish` | `version`, `version_uri`, `manifest_uri`, `parent_version`, `day`, `counts`, `index_kind`, |
 |  | `recall_at_10`, `build_seconds` |
+| `drift` | `drift_score` (the AUC), `drifted`, `report_uri`, `html_uri`, `top_features`, `training_auc`, |
+|  | `intent_mix_p_value`, `champion_version`, `notes`, `retrain`, `trigger_run_id`, `retrain_data_prefix` |
+| `drifted` | whether `retrain_on_drift` runs |
 
 `tag` does not fail without a usable champion: the day is stored untagged and the reason is in its XCom.
 `publish` fails, publishing nothing, when the new index's recall@10 against exact search is below
@@ -52,7 +64,8 @@ from datetime import timedelta
 import airflow.providers.cncf.kubernetes.operators.pod  # noqa: F401
 import pendulum
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectsWithPrefixExistenceSensor
-from airflow.sdk import DAG
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, task
 
 from privacy_pipeline_airflow import assets, notifications, run_templates
 from privacy_pipeline_airflow.settings import get_settings
@@ -116,5 +129,33 @@ with DAG(
         # A new `latest` version of the store: what a DAG that reads the index can schedule on.
         outlets=[assets.conversation_index(settings)],
     )
+    drift = stage_pod(
+        "conversations-drift",
+        "--run",
+        RUN,
+        "--registry",
+        run_templates.registry_uri(settings),
+        "--store",
+        STORE,
+        "--training-data",
+        settings.gcs_uri(settings.data_prefix) + "/",
+        task_id="drift",
+    )
+
+    @task.short_circuit
+    def drifted(drift_result: dict) -> bool:
+        """Only a drifted day with a labelled partition to train on goes on to the trigger."""
+        return bool(drift_result.get("retrain"))
+
+    retrain_on_drift = TriggerDagRunOperator(
+        task_id="retrain_on_drift",
+        trigger_dag_id="privacy_intent_training",
+        trigger_run_id="{{ ti.xcom_pull(task_ids='drift')['trigger_run_id'] }}",
+        conf={"data_prefix": "{{ ti.xcom_pull(task_ids='drift')['retrain_data_prefix'] }}"},
+        # The same drift (same day, same content) names the same run: found, so nothing is triggered again.
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+    )
 
     wait_for_conversations >> validate >> redact >> embed >> tag >> upsert >> publish
+    tag >> drift >> drifted(drift.output) >> retrain_on_drift

@@ -57,6 +57,8 @@ def _default_resources() -> dict[str, StageResources]:
         "conversations-tag": heavy,
         "conversations-upsert": heavy,
         "conversations-publish": heavy,
+        # Reads a whole store version and the champion's training split.
+        "conversations-drift": heavy,
         # Lists and deletes objects, holding only their names.
         "retention": StageResources(cpu_request="100m", cpu_limit="500m", memory_request="256Mi", memory_limit="1Gi"),
     }

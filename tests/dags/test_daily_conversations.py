@@ -21,6 +21,7 @@ STAGES = {
     "tag": "conversations-tag",
     "upsert": "conversations-upsert",
     "publish": "conversations-publish",
+    "drift": "conversations-drift",
 }
 DS = "2026-11-20"
 RUN_ID = "scheduled__2026-11-20T03:30:00+00:00"
@@ -43,10 +44,61 @@ def _args(pod) -> list[str]:
 
 def test_graph_reads_like_the_pipeline(dag) -> None:
     chain = ["wait_for_conversations", "validate", "redact", "embed", "tag", "upsert", "publish"]
-    assert {task.task_id for task in dag.tasks} == set(chain)
-    for upstream, downstream in zip(chain, chain[1:], strict=False):
+    drift_branch = ["tag", "drift", "drifted", "retrain_on_drift"]
+    assert {task.task_id for task in dag.tasks} == set(chain) | set(drift_branch)
+    for upstream, downstream in zip(chain[:4], chain[1:5], strict=True):
+        assert dag.get_task(upstream).downstream_task_ids == {downstream}, upstream
+    # Drift is a side branch: it needs the champion's tags, and upsert and publish never wait for it.
+    assert dag.get_task("tag").downstream_task_ids == {"upsert", "drift"}
+    assert dag.get_task("upsert").downstream_task_ids == {"publish"}
+    for upstream, downstream in zip(drift_branch[1:], drift_branch[2:], strict=False):
         assert dag.get_task(upstream).downstream_task_ids == {downstream}, upstream
     assert dag.get_task("publish").downstream_task_ids == set()
+    assert dag.get_task("retrain_on_drift").downstream_task_ids == set()
+
+
+def _drift_xcom(day: str, content: str) -> dict:
+    return {
+        "drifted": True,
+        "retrain": True,
+        "trigger_run_id": f"drift__{day}__{content}",
+        "retrain_data_prefix": f"raw/privacy_intent/ds={day}/",
+    }
+
+
+def _rendered_trigger(dag, drift_xcom: dict, run_id: str = RUN_ID):
+    context = task_context(dag, "retrain_on_drift", ds=DS, run_id=run_id)
+    context["ti"].xcom_pull = lambda task_ids: drift_xcom if task_ids == "drift" else None
+    return render_task(dag, dag.get_task("retrain_on_drift"), context)
+
+
+def test_drift_triggers_training_once_per_drift_with_the_upload_watchs_rule(dag) -> None:
+    trigger = dag.get_task("retrain_on_drift")
+    assert trigger.trigger_dag_id == "privacy_intent_training"
+    assert trigger.skip_when_already_exists is True and trigger.wait_for_completion is False
+    drift = _drift_xcom("2026-11-20", "0123456789abcdef")
+    first = _rendered_trigger(dag, drift)
+    assert first.trigger_run_id == "drift__2026-11-20__0123456789abcdef"
+    assert first.conf == {"data_prefix": "raw/privacy_intent/ds=2026-11-20/"}
+    # A re-run of the day (another Airflow run, same drift evidence) names the same training run, which
+    # skip_when_already_exists then finds: the same drift never trains twice.
+    again = _rendered_trigger(dag, drift, run_id="manual__2026-11-21T09:00:00+00:00")
+    assert again.trigger_run_id == first.trigger_run_id
+    assert _rendered_trigger(dag, _drift_xcom("2026-11-20", "fedcba9876543210")).trigger_run_id != first.trigger_run_id
+
+
+def test_only_a_drifted_day_with_data_to_train_on_reaches_the_trigger(dag) -> None:
+    gate = dag.get_task("drifted")
+    assert gate.python_callable(_drift_xcom(DS, "x")) is True
+    assert gate.python_callable({"drifted": False, "retrain": False}) is False
+    assert gate.python_callable({"drifted": True, "retrain": False}) is False
+
+
+def test_drift_reads_the_store_registry_and_labelled_partitions_but_writes_only_its_run(dag) -> None:
+    args = _args(render_pod(dag, "drift", ds=DS, run_id=RUN_ID))
+    assert args[args.index("--store") + 1] == STORE
+    assert args[args.index("--registry") + 1] == "gs://privacy-intent-data/registry/"
+    assert args[args.index("--training-data") + 1] == "gs://privacy-intent-data/raw/privacy_intent/"
 
 
 def test_publish_declares_the_index_asset(dag) -> None:
@@ -97,7 +149,7 @@ def test_each_task_runs_its_stage_on_the_runs_prefix(dag) -> None:
     for task_id in ("upsert", "publish"):
         args = _args(pods[task_id])
         assert args[args.index("--store") + 1] == STORE
-    # Only upsert and publish know the store; nothing before them can write to it.
+    # Only upsert and publish know the store before drift (which reads it); nothing before them can write to it.
     assert all("--store" not in _args(pods[t]) for t in ("validate", "redact", "embed", "tag"))
 
 

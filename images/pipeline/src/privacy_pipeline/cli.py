@@ -82,6 +82,9 @@ def _synth_conversations_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--day", required=True, metavar="YYYY-MM-DD", help="the day the conversations happened")
     parser.add_argument("--conversations", type=int, default=500, metavar="N")
     parser.add_argument("--seed", type=int, default=7, metavar="S")
+    parser.add_argument(
+        "--shift", type=float, default=0.0, metavar="F", help="share moved to other topics and languages (drift demo)"
+    )
 
 
 def _conversations_validate_args(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +104,17 @@ def _store_arg(parser: argparse.ArgumentParser) -> None:
 def _conversations_store_args(parser: argparse.ArgumentParser) -> None:
     _run_arg(parser)
     _store_arg(parser)
+
+
+def _drift_args(parser: argparse.ArgumentParser) -> None:
+    _register_args(parser)
+    _store_arg(parser)
+    parser.add_argument(
+        "--training-data",
+        required=True,
+        metavar="URI",
+        help="where labelled ds= partitions live, e.g. gs://bucket/raw/privacy_intent/ (what a retrain would read)",
+    )
 
 
 def _search_args(parser: argparse.ArgumentParser) -> None:
@@ -348,6 +362,16 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "Reads the run's candidate. Writes <store>/versions/<version>/ (index.faiss, vectors.npy, metadata.parquet, "
         "manifest.json) and then moves <store>/latest.json; refuses below conversations.min_recall_at_10.",
         _conversations_store_args,
+    ),
+    Subcommand(
+        "conversations-drift",
+        "drift",
+        "compare the day with recent days and the champion's training data; say whether to retrain",
+        "Reads the run's redacted text, embeddings and tags, the store's recent days and the champion's training "
+        "split. Writes <run>/conversations/drift/report.json and report.html (plots inline). drifted when the "
+        "domain classifier's ROC AUC against recent days is above drift.auc_threshold; the XCom then names the "
+        "training run to trigger (drift__<day>__<content hash>) and the labelled partition it reads.",
+        _drift_args,
     ),
     Subcommand(
         "retention",

@@ -188,6 +188,31 @@ class RetentionConfig(_Section):
     keep_store_versions: int = Field(default=7, ge=1)
 
 
+class DriftConfig(_Section):
+    """conversations-drift: how the day is compared with recent days and the champion's training data."""
+
+    # A cross-validated classifier telling the day's rows from recent days' rows: drift when its ROC AUC is
+    # above this (Evidently's default for embedding drift; 0.5 is indistinguishable).
+    auc_threshold: float = Field(default=0.55, gt=0.5, lt=1.0)
+    # A single feature moved when its Population Stability Index is above this (0.25: "major shift", the
+    # usual reading of PSI) and its KS test's p-value below ks_alpha.
+    psi_threshold: float = Field(default=0.25, gt=0.0)
+    ks_alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
+    # The predicted-intent mix moved when the chi-square test against the reference's mix has a p-value
+    # below this.
+    intent_alpha: float = Field(default=0.01, gt=0.0, lt=1.0)
+    # The store's conversations of this many days before the day are what "nothing changed" looks like.
+    reference_days: int = Field(default=7, ge=1)
+    # Rows drawn from each side (more only cost time; the tests are already sensitive at a few hundred).
+    sample_size: int = Field(default=1_000, ge=50)
+    # Principal components of the sentence embeddings, fitted on the reference side, tested one by one.
+    embedding_components: int = Field(default=5, ge=1, le=50)
+    cv_folds: int = Field(default=5, ge=2)
+    # Features named in the report as having moved most.
+    top_features: int = Field(default=5, ge=1)
+    seed: int = 42
+
+
 class PipelineConfig(_Section):
     seed: int = 42
     labels: list[str] = Field(default_factory=lambda: list(INTENTS))
@@ -204,6 +229,7 @@ class PipelineConfig(_Section):
     register_: RegisterConfig = Field(default=RegisterConfig(), alias="register")
     rollout: RolloutConfig = RolloutConfig()
     conversations: ConversationsConfig = ConversationsConfig()
+    drift: DriftConfig = DriftConfig()
     retention: RetentionConfig = RetentionConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
