@@ -11,7 +11,14 @@ pod per stage (`privacy-pipeline <stage>` in the pipeline image).
 - from `airflow backfill create` for past dates: each run reads only its own `ds` partition.
 
 **Graph**: `wait_for_data` (deferrable GCS sensor) → `ingest` → `validate` → `featurize` → `split` →
-`plan_tune_shards` → `tune` (one mapped pod per shard) → `select_best` → `train` → `evaluate` → `register`.
+`plan_tune_shards` → `tune` (one mapped pod per shard) → `select_best` → `train` → `evaluate` → `register` →
+`deploy` → `canary_check`.
+
+**Rollout**: when `register` promotes, `deploy` renders the champion's KServe InferenceService (Knative mode)
+with the new version as a canary taking `rollout.canary_traffic_percent` of traffic; `canary_check` compares
+it with the previous version (error rate, p99 latency, prediction agreement: Prometheus in the cluster, a
+replay of the holdout to both as local servers on the embedded default) and promotes it to all traffic or
+rolls the registry's champion back to the previous version, saying why.
 
 Every stage writes under the run's own prefix `gs://<bucket>/runs/<run_id>/`, so a retry, clear or
 backfill replaces its outputs. Data stays in the bucket; **XCom** carries only small metadata:
@@ -33,6 +40,10 @@ backfill replaces its outputs. Data stays in the bucket; **XCom** carries only s
 |  | `champion_f1_macro` (on this holdout), `champion_version`, `compared_against`, `compared_rows`, |
 |  | `f1_macro_difference`, `difference_interval` (the paired bootstrap's), `excluded_rows`, |
 |  | `report_uri` (the run report; the task's **Run report** link opens it) |
+| `deploy` | `deployed`, `reason`, `model_version`, `previous_version`, `canary_traffic_percent`, `manifest_uri`, |
+|  | `manifest` (the rendered InferenceService), `applied`, `deployment_mode` |
+| `canary_check` | `checked`, `decision` (promote/rollback), `reason`, `champion_version`, `rolled_back`, `agreement`, |
+|  | `canary` and `previous` (requests, errors, p99 seconds), `source`, `manifest_uri` |
 
 **Params** (manual trigger): `data_prefix` (a prefix inside the bucket; empty = the `ds` partition),
 `search` (grid/random), `n_trials` (random search), `num_shards` (tune pods), `promote`.
@@ -160,6 +171,18 @@ with DAG(
         return str(registered["model_version"])
 
     announce_champion(register.output)
+    deploy = stage_pod(
+        "deploy", "--run", RUN, "--registry", run_templates.registry_uri(settings), config_overrides=RUN_CONFIG
+    )
+    canary_check = stage_pod(
+        "canary-check",
+        "--run",
+        RUN,
+        "--registry",
+        run_templates.registry_uri(settings),
+        task_id="canary_check",
+        config_overrides=RUN_CONFIG,
+    )
 
     wait_for_data >> ingest >> validate >> featurize >> split >> tune_shards
-    tune_shards >> tune >> select_best >> train >> evaluate >> register
+    tune_shards >> tune >> select_best >> train >> evaluate >> register >> deploy >> canary_check

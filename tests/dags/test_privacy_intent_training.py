@@ -16,7 +16,10 @@ from embedded.stack import REPO
 
 # A current Kubernetes minor that kubernetes-validate ships the schema of.
 KUBERNETES_VERSION = "1.34"
-STAGE_TASKS = ["ingest", "validate", "featurize", "split", "select_best", "train", "evaluate", "register"]
+STAGE_TASKS = [
+    "ingest", "validate", "featurize", "split", "select_best", "train", "evaluate", "register",
+    "deploy", "canary_check",
+]  # fmt: skip
 DS = "2026-11-20"
 RUN_ID = "scheduled__2026-11-20T02:00:00+00:00"
 
@@ -36,13 +39,14 @@ def _all_pods(dag, **context):
 def test_graph_reads_like_the_pipeline(dag) -> None:
     chain = [
         "wait_for_data", "ingest", "validate", "featurize", "split", "plan_tune_shards", "tune",
-        "select_best", "train", "evaluate", "register",
+        "select_best", "train", "evaluate", "register", "deploy", "canary_check",
     ]  # fmt: skip
     for upstream, downstream in zip(chain, chain[1:], strict=False):
         # announce_champion only emits the champion asset's event, beside the chain.
         assert dag.get_task(upstream).downstream_task_ids - {"announce_champion"} == {downstream}, upstream
     assert dag.get_task("announce_champion").upstream_task_ids == {"register"}
     assert dag.get_task("announce_champion").downstream_task_ids == set()
+    assert dag.get_task("canary_check").downstream_task_ids == set()
 
 
 def test_schedule_is_daily_at_two_utc(dag) -> None:
@@ -196,3 +200,19 @@ def test_every_stage_gets_the_same_config_from_the_params(dag) -> None:
         assert not args[len(expected)].startswith("-"), task_id  # then the stage's subcommand
     register_args = pods["register"].spec.containers[0].args
     assert register_args[register_args.index("--registry") + 1] == "gs://privacy-intent-data/registry/"
+
+
+def test_the_rollout_pods_read_the_runs_registration_and_the_registry(dag) -> None:
+    pods = _all_pods(dag, ds=DS, run_id=RUN_ID)
+    register_args = pods["register"].spec.containers[0].args
+    run_prefix = register_args[register_args.index("--run") + 1]
+    for task_id, subcommand in (("deploy", "deploy"), ("canary_check", "canary-check")):
+        args = pods[task_id].spec.containers[0].args
+        assert args[args.index(subcommand) :] == [
+            subcommand, "--run", run_prefix, "--registry", "gs://privacy-intent-data/registry/",
+        ], task_id  # fmt: skip
+    # Two model servers run beside the check on the embedded default; rendering a manifest needs little.
+    limits = {
+        task_id: pods[task_id].spec.containers[0].resources.limits["memory"] for task_id in ("deploy", "canary_check")
+    }
+    assert limits == {"deploy": "512Mi", "canary_check": "4Gi"}
