@@ -59,7 +59,7 @@ test-stage-package: setup monitoring mlflow-env
 test-serving: serving-env chromium
 	$(SERVING_BIN)/pytest -q images/pipeline/tests/test_serving_batcher.py images/pipeline/tests/test_serving.py \
 		images/pipeline/tests/test_serving_page.py images/pipeline/tests/test_run_report_page.py \
-		images/pipeline/tests/test_serving_canary.py
+		images/pipeline/tests/test_serving_canary.py images/pipeline/tests/test_drift_page.py
 # Everything under tests/ but the three slow tiers: DAG policy, rendered pods, plugins (and any new folder).
 test-dags-plugins: setup monitoring
 	$(AIRFLOW_PYTEST) tests --ignore=tests/e2e --ignore=tests/system --ignore=tests/images
