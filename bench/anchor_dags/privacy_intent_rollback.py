@@ -125,3 +125,20 @@ with DAG(
         container_resources=STANDARD,
         **POD,
     )
+    deploy = KubernetesPodOperator(
+        task_id="deploy",
+        name="privacy-deploy",
+        arguments=[
+            "deploy",
+            "--run",
+            "gs://privacy-intent-data/runs/rollback/{{ run_id }}/",
+            "--registry",
+            REGISTRY,
+            "--all-traffic",
+        ],
+        labels=labels("deploy"),
+        container_resources=STANDARD,
+        **POD,
+    )
+
+    rollback >> deploy

@@ -227,6 +227,22 @@ with DAG(
         return str(registered["model_version"])
 
     announce_champion(register.output)
+    deploy = KubernetesPodOperator(
+        task_id="deploy",
+        name="privacy-deploy",
+        arguments=[*RUN_CONFIG, "deploy", "--run", RUN, "--registry", "gs://privacy-intent-data/registry/"],
+        labels=labels("deploy"),
+        container_resources=SMALL,
+        **POD,
+    )
+    canary_check = KubernetesPodOperator(
+        task_id="canary_check",
+        name="privacy-canary-check",
+        arguments=[*RUN_CONFIG, "canary-check", "--run", RUN, "--registry", "gs://privacy-intent-data/registry/"],
+        labels=labels("canary-check"),
+        container_resources=STANDARD,
+        **POD,
+    )
 
     wait_for_data >> ingest >> validate >> featurize >> split >> tune_shards
-    tune_shards >> tune >> select_best >> train >> evaluate >> register
+    tune_shards >> tune >> select_best >> train >> evaluate >> register >> deploy >> canary_check
