@@ -14,6 +14,8 @@ from datetime import timedelta
 import pendulum
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.google.cloud.sensors.gcs import GCSObjectsWithPrefixExistenceSensor
+from airflow.providers.standard.operators.python import ShortCircuitOperator
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Asset
 from kubernetes.client import models as k8s
 
@@ -178,5 +180,37 @@ with DAG(
         container_resources=HEAVY,
         **POD,
     )
+    drift = KubernetesPodOperator(
+        task_id="drift",
+        name="privacy-conversations-drift",
+        arguments=[
+            "conversations-drift",
+            "--run",
+            RUN,
+            "--registry",
+            "gs://privacy-intent-data/registry/",
+            "--store",
+            STORE,
+            "--training-data",
+            "gs://privacy-intent-data/raw/privacy_intent/",
+        ],
+        labels=labels("conversations-drift"),
+        container_resources=HEAVY,
+        **POD,
+    )
+    drifted = ShortCircuitOperator(
+        task_id="drifted",
+        python_callable=lambda drift_result: bool(drift_result.get("retrain")),
+        op_args=[drift.output],
+    )
+    retrain_on_drift = TriggerDagRunOperator(
+        task_id="retrain_on_drift",
+        trigger_dag_id="privacy_intent_training",
+        trigger_run_id="{{ ti.xcom_pull(task_ids='drift')['trigger_run_id'] }}",
+        conf={"data_prefix": "{{ ti.xcom_pull(task_ids='drift')['retrain_data_prefix'] }}"},
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+    )
 
     wait_for_conversations >> validate >> redact >> embed >> tag >> upsert >> publish
+    tag >> drift >> drifted >> retrain_on_drift
