@@ -49,5 +49,5 @@ def bucket(airflow: RunningAirflow) -> storage.Bucket:
 @pytest.fixture(scope="session")
 def unpaused_training(airflow: RunningAirflow, bucket) -> None:
     # The scheduler starts runs of unpaused DAGs only; with use_job_schedule off, unpausing creates no
-    # scheduled run of its own to wait behind (max_active_runs=1).
+    # scheduled run of its own (it would only wait in its sensor for today's partition beside the tests' runs).
     unpause(airflow, TRAINING)
