@@ -4,6 +4,7 @@
     .venv/pipeline/bin/python -m bench.run --quick    # tiny sizes, same code paths (a few minutes)
     .venv/pipeline/bin/python -m bench.run --sections training,search   # a subset, written under bench/out/
     .venv/pipeline/bin/python -m bench.run --rerender   # redraw the tables from bench/results.json
+    .venv/pipeline/bin/python -m bench.run --record --sections search   # re-measure one section into them
 
 This module only orchestrates: ``bench/sections.py`` measures each section,
 ``bench/targets.py`` judges the numbers against the issue's targets,
@@ -53,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rerender", action="store_true", help="redraw the tables from bench/results.json; measure nothing"
     )
     parser.add_argument(
+        "--record",
+        action="store_true",
+        help="measure --sections at full size and merge them into bench/results.json, results.md and README's tables",
+    )
+    parser.add_argument(
         "--sections",
         default=None,
         help=f"comma-separated subset of {SECTIONS} (default: all; with --quick all but demo, which is `make demo`)",
@@ -66,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    if args.record and (args.quick or not args.sections):
+        parser.error("--record re-measures named --sections at full size (not --quick)")
     sizes = QUICK if args.quick else FULL
     if args.tutorial_budget is not None:
         sizes = dataclasses.replace(sizes, tutorial_budget_seconds=args.tutorial_budget or None)
@@ -94,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("errors", {})[section] = str(failure)[-2000:]
     results["load_average_end"] = load_average()
     results["total_seconds"] = round(time.monotonic() - started, 1)
+    if args.record:
+        return record(results, sections)
     complete = not args.quick and sections == list(SECTIONS)
     publish(
         results,
@@ -117,6 +127,27 @@ def publish(results: dict[str, Any], *, complete: bool, stem: str) -> None:
     if complete and not update_readme(table):
         log.warning("README.md has no bench markers; the tables are in bench/results.md only")
     print(table)
+
+
+def record(measured: dict[str, Any], sections: list[str]) -> int:
+    """Merge freshly measured sections into bench/results.json, then redraw results.md and README's tables.
+
+    The other sections keep the numbers of their last run; the Markdown says
+    which sections were re-measured, when and under what load.
+    """
+    results = json.loads((REPO / "bench" / "results.json").read_text(encoding="utf-8"))
+    for section in sections:
+        if section in measured.get("errors", {}):
+            log.error("%s failed; bench/results.json keeps its last numbers for it", section)
+            continue
+        results[section] = measured[section]
+        results.setdefault("recorded", {})[section] = {
+            "date": measured["date"],
+            "load_average": measured["load_average_by_section"][section],
+            "command": measured["command"],
+        }
+    publish(results, complete=results["command"] == "make bench", stem="results")
+    return 1 if measured.get("errors") else 0
 
 
 def rerender() -> int:

@@ -205,7 +205,7 @@ def test_a_starved_hnsw_index_on_clustered_vectors_is_refused(work, config) -> N
             "conversations.flat_max_vectors=0",
             "conversations.hnsw_m=4",
             "conversations.hnsw_ef_construction=4",
-            "conversations.hnsw_ef_search=1",
+            "conversations.hnsw_max_ef_search=1",
         ],
     )
     work.run_until(DAY1, "day1", starved, last="upsert", encoder=ClusteredEncoder())

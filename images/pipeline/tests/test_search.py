@@ -76,7 +76,7 @@ def _publish(store: str, version: str, rows: list[tuple[str, str, str, str]], pa
     index_data = vector_store.index_bytes(index)
     storage.write_bytes(layout.index(version), index_data)
     storage.write_bytes(layout.metadata(version), tabular.parquet_bytes(metadata))
-    hnsw = {"ef_search": config.conversations.hnsw_ef_search} if kind == "hnsw" else None
+    hnsw = {"ef_search": config.conversations.hnsw_max_ef_search} if kind == "hnsw" else None
     manifest = {"version": version, "parent_version": parent, "index_kind": kind, "hnsw": hnsw, **model_identity(),
                 "index_sha256": vector_store.index_sha256(index_data)}  # fmt: skip
     storage.write_json(layout.manifest(version), manifest)
@@ -123,7 +123,7 @@ def test_since_keeps_only_later_days_and_version_reads_an_older_version(store: s
 
 def test_an_hnsw_version_is_searched_with_its_ef_search(tmp_path: Path) -> None:
     uri = str(tmp_path / "store")
-    _publish(uri, "v1", CONVERSATIONS, flat_max_vectors=0, hnsw_ef_search=32)
+    _publish(uri, "v1", CONVERSATIONS, flat_max_vectors=0, hnsw_max_ef_search=32)
     assert _search(uri, "request number 44", k=1).xcom["results"][0]["conversation_id"] == "conv-044"
 
 

@@ -100,7 +100,7 @@ def test_index_kind_follows_the_size_threshold() -> None:
 def test_searches_return_the_stable_ids_and_survive_a_round_trip(tmp_path) -> None:
     vectors, metadata = _day("2026-11-20", 50, seed=4)
     ids = metadata["id"].to_numpy()
-    index, _ = vector_store.build_index(vectors, ids, ConversationsConfig(flat_max_vectors=0, hnsw_ef_search=16))
+    index, _ = vector_store.build_index(vectors, ids, ConversationsConfig(flat_max_vectors=0))
     uri = str(tmp_path / "index.faiss")
     data = vector_store.index_bytes(index)
     vector_store.storage.write_bytes(uri, data)
@@ -112,20 +112,23 @@ def test_searches_return_the_stable_ids_and_survive_a_round_trip(tmp_path) -> No
 def test_exact_index_has_perfect_recall() -> None:
     vectors = _clustered(600, clusters=12, seed=5)
     ids = vector_store.stable_ids([f"c{i}" for i in range(600)])
-    index, kind = vector_store.build_index(vectors, ids, ConversationsConfig())
+    index, kind = vector_store.build_index(vectors[:500], ids[:500], ConversationsConfig())
     assert kind == "flat"
-    assert vector_store.recall_at_k(index, vectors, sample=200, seed=0) == pytest.approx(1.0)
+    assert vector_store.recall_at_k(index, vectors[:500], vectors[500:]) == pytest.approx(1.0)
 
 
 def test_a_well_built_hnsw_index_has_high_recall_and_a_starved_one_does_not() -> None:
     vectors = _clustered(2000, clusters=20, seed=6)
     ids = vector_store.stable_ids([f"c{i}" for i in range(2000)])
-    good, _ = vector_store.build_index(vectors, ids, ConversationsConfig(flat_max_vectors=0))
+    indexed, queries = vectors[:1800], vectors[1800:]
+    good, _ = vector_store.build_index(indexed, ids[:1800], ConversationsConfig(flat_max_vectors=0))
+    vector_store.set_ef_search(good, 64)
     starved, _ = vector_store.build_index(
-        vectors, ids, ConversationsConfig(flat_max_vectors=0, hnsw_m=4, hnsw_ef_construction=4, hnsw_ef_search=1)
+        indexed, ids[:1800], ConversationsConfig(flat_max_vectors=0, hnsw_m=4, hnsw_ef_construction=4)
     )
-    good_recall = vector_store.recall_at_k(good, vectors, sample=200, seed=0)
-    starved_recall = vector_store.recall_at_k(starved, vectors, sample=200, seed=0)
+    vector_store.set_ef_search(starved, 1)
+    good_recall = vector_store.recall_at_k(good, indexed, queries)
+    starved_recall = vector_store.recall_at_k(starved, indexed, queries)
     assert good_recall >= 0.95
     assert starved_recall < 0.6
 
@@ -135,11 +138,51 @@ def test_identical_vectors_are_interchangeable_for_recall() -> None:
     vectors = np.repeat(_unit(np.random.default_rng(8).normal(size=(5, DIM))), 40, axis=0)
     ids = vector_store.stable_ids([f"c{i}" for i in range(200)])
     index, _ = vector_store.build_index(vectors, ids, ConversationsConfig(flat_max_vectors=0))
-    assert vector_store.recall_at_k(index, vectors, sample=50, seed=0) == pytest.approx(1.0)
+    vector_store.set_ef_search(index, 16)
+    assert vector_store.recall_at_k(index, vectors, vectors[::4]) == pytest.approx(1.0)
 
 
 def test_recall_with_fewer_vectors_than_k() -> None:
     vectors = _unit(np.random.default_rng(7).normal(size=(4, DIM)))
     ids = vector_store.stable_ids(["a", "b", "c", "d"])
     index, _ = vector_store.build_index(vectors, ids, ConversationsConfig())
-    assert vector_store.recall_at_k(index, vectors, sample=10, seed=0) == pytest.approx(1.0)
+    queries = _unit(np.random.default_rng(9).normal(size=(6, DIM)))
+    assert vector_store.recall_at_k(index, vectors, queries) == pytest.approx(1.0)
+
+
+def test_publish_tunes_ef_search_on_held_out_queries_that_are_not_in_the_index(monkeypatch) -> None:
+    vectors = _clustered(3000, clusters=30, seed=10, spread=0.6)
+    ids = vector_store.stable_ids([f"c{i}" for i in range(3000)])
+    config = ConversationsConfig(flat_max_vectors=0, hnsw_m=8, hnsw_ef_construction=16, recall_sample=400)
+    measured_against: list[tuple[set[int], np.ndarray]] = []
+    measure = vector_store.recall_per_query
+
+    def watched(index, queries, exact):
+        indexed_ids = set(vector_store.faiss.vector_to_array(index.id_map).tolist())
+        measured_against.append((indexed_ids, queries))
+        return measure(index, queries, exact)
+
+    monkeypatch.setattr(vector_store, "recall_per_query", watched)
+    tuned = vector_store.build_tuned_index(vectors, ids, config, seed=0)
+
+    assert tuned.kind == "hnsw" and tuned.held_out_queries == 400
+    assert tuned.index.ntotal == 3000  # the held-out vectors are searchable once tuned
+    by_vector = {vector.tobytes(): int(i) for vector, i in zip(vectors, ids, strict=True)}
+    for indexed_ids, queries in measured_against:
+        assert len(indexed_ids) == 2600
+        assert not {by_vector[q.tobytes()] for q in queries} & indexed_ids, "a measured query was in the index"
+    # The smallest efSearch that reaches the target on the lower bound: one less does not.
+    assert tuned.recall_lower_bound >= config.min_recall_at_10 and tuned.ef_search is not None
+    if tuned.ef_search > 1:
+        smaller = vector_store.build_tuned_index(
+            vectors, ids, config.model_copy(update={"hnsw_max_ef_search": tuned.ef_search - 1}), seed=0
+        )
+        assert smaller.recall_lower_bound < config.min_recall_at_10
+
+
+def test_an_unreachable_recall_target_keeps_the_largest_ef_search_and_reports_its_recall() -> None:
+    vectors = _clustered(600, clusters=12, seed=11, spread=0.6)
+    ids = vector_store.stable_ids([f"c{i}" for i in range(600)])
+    config = ConversationsConfig(flat_max_vectors=0, hnsw_m=4, hnsw_ef_construction=4, hnsw_max_ef_search=1)
+    tuned = vector_store.build_tuned_index(vectors, ids, config, seed=0)
+    assert tuned.ef_search == 1 and tuned.recall_at_10 < config.min_recall_at_10

@@ -167,11 +167,14 @@ class ConversationsConfig(_Section):
     flat_max_vectors: int = Field(default=100_000, ge=0)
     hnsw_m: int = Field(default=32, ge=2)
     hnsw_ef_construction: int = Field(default=80, gt=0)
-    hnsw_ef_search: int = Field(default=64, gt=0)
-    # publish refuses an index whose recall@10 against exact search on a
-    # sample of its own vectors is below this.
-    min_recall_at_10: float = Field(default=0.95, ge=0.0)
-    recall_sample: int = Field(default=500, gt=0)
+    # publish picks the smallest efSearch up to this whose recall@10 reaches min_recall_at_10
+    # (vector_store.build_tuned_index).
+    hnsw_max_ef_search: int = Field(default=512, gt=0)
+    # The recall@10 against exact search that publish tunes efSearch for, on held-out vectors of the store
+    # that are not in the index when measured, and below which it refuses to publish.
+    min_recall_at_10: float = Field(default=0.98, ge=0.0)
+    # How many of the store's vectors are held out as those queries (at most a fifth of the store).
+    recall_sample: int = Field(default=1_000, gt=0)
     # search retrieves k * this many candidates before applying --intent/--since.
     search_overfetch: int = Field(default=10, ge=1)
 

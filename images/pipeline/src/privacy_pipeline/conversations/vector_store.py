@@ -217,7 +217,6 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, config: ConversationsConfi
     else:
         inner = faiss.IndexHNSWFlat(dimension, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efConstruction = config.hnsw_ef_construction
-        inner.hnsw.efSearch = config.hnsw_ef_search
     index = faiss.IndexIDMap2(inner)
     if len(vectors):
         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
@@ -231,29 +230,107 @@ def set_ef_search(index: Any, ef_search: int) -> None:
         inner.hnsw.efSearch = ef_search
 
 
-def recall_at_k(index: Any, vectors: np.ndarray, sample: int, seed: int, k: int = RECALL_K) -> float:
-    """Share of the exact top-k that ``index`` finds, averaged over sampled queries from the store's own vectors.
+def exact_scores(indexed: np.ndarray, queries: np.ndarray, k: int = RECALL_K) -> np.ndarray:
+    """Each query's k best inner products over ``indexed`` by exhaustive search (k shrinks to the vectors there are)."""
+    exact = faiss.IndexFlatIP(indexed.shape[1])
+    exact.add(np.ascontiguousarray(indexed, dtype=np.float32))
+    scores, _ = exact.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(indexed)))
+    return np.asarray(scores)
 
-    The queries are the distribution searches will see. A returned neighbour
-    counts when it scores at least the exact k-th neighbour's score: support
-    conversations repeat word for word, and among identical vectors any of
-    the tied ids is a right answer. With fewer than k vectors, k shrinks to
-    their number.
+
+def recall_per_query(index: Any, queries: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Share of each query's exact top-k (``exact_scores``) that ``index`` finds.
+
+    A returned neighbour counts when it scores at least the exact k-th
+    neighbour's score: support conversations repeat word for word, and among
+    identical vectors any of the tied ids is a right answer.
+    """
+    k = exact.shape[1]
+    found_scores, found_ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    # float32 inner products of the same pair can differ in the last bits between index types.
+    kth_best = exact[:, k - 1 : k] - 1e-5
+    hits = ((found_scores >= kth_best) & (found_ids >= 0)).sum(axis=1)
+    return np.asarray(np.minimum(hits, k) / k, dtype=np.float64)
+
+
+def recall_at_k(index: Any, indexed: np.ndarray, queries: np.ndarray, k: int = RECALL_K) -> float:
+    """Mean recall@k of ``index`` (holding ``indexed``) for ``queries``, which should not be vectors in it."""
+    if len(indexed) == 0 or len(queries) == 0:
+        return 1.0
+    return float(recall_per_query(index, queries, exact_scores(indexed, queries, k)).mean())
+
+
+@dataclass(frozen=True)
+class TunedIndex:
+    """The published index and how its search was chosen; the recall is on queries it did not hold then."""
+
+    index: Any
+    kind: str
+    # None for an exact index (no search knob).
+    ef_search: int | None
+    recall_at_10: float
+    # recall@10 minus RECALL_CONFIDENCE_Z standard errors of the per-query mean: what efSearch was chosen on.
+    recall_lower_bound: float
+    held_out_queries: int
+
+
+# efSearch is chosen on the lower confidence bound of the held-out recall, so
+# that queries the tuning did not see still reach the target (one-sided ~97.7%).
+RECALL_CONFIDENCE_Z = 2.0
+# The share of the store at most held out as tuning queries (a small store keeps most of its vectors in the graph).
+MAX_HELD_OUT_SHARE = 0.2
+
+
+def build_tuned_index(vectors: np.ndarray, ids: np.ndarray, config: ConversationsConfig, seed: int) -> TunedIndex:
+    """The index of ``vectors``, its efSearch the smallest whose held-out recall@10 reaches ``min_recall_at_10``.
+
+    ``recall_sample`` of the store's vectors (at most a fifth) are held out:
+    the index is built without them, they are the queries of the recall
+    measurement and the efSearch search (by bisection up to
+    ``hnsw_max_ef_search``), and are added to the index afterwards, so every
+    vector is searchable yet no measured query was a vector of the index it
+    measured. Searches see new conversations, not stored ones; held-out
+    vectors of the same store are that distribution.
     """
     n = len(vectors)
-    if n == 0:
-        return 1.0
-    k = min(k, n)
-    rng = np.random.default_rng(seed)
-    queries = vectors[np.sort(rng.choice(n, size=min(sample, n), replace=False))]
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    exact_scores, _ = exact.search(queries, k)
-    found_scores, found_ids = index.search(queries, k)
-    # float32 inner products of the same pair can differ in the last bits between index types.
-    kth_best = exact_scores[:, k - 1 : k] - 1e-5
-    hits = ((found_scores >= kth_best) & (found_ids >= 0)).sum(axis=1)
-    return float(np.minimum(hits, k).sum() / (len(queries) * k))
+    held = min(config.recall_sample, int(n * MAX_HELD_OUT_SHARE))
+    is_held = np.zeros(n, dtype=bool)
+    is_held[np.random.default_rng(seed).choice(n, size=held, replace=False)] = True
+    indexed, queries = vectors[~is_held], vectors[is_held]
+    index, kind = build_index(indexed, ids[~is_held], config)
+    exact = exact_scores(indexed, queries) if held and len(indexed) else np.zeros((0, 1), dtype=np.float32)
+
+    def measured(ef_search: int | None) -> tuple[float, float]:
+        if held == 0 or len(indexed) == 0:
+            return 1.0, 1.0
+        if ef_search is not None:
+            set_ef_search(index, ef_search)
+        per_query = recall_per_query(index, queries, exact)
+        spread = float(per_query.std(ddof=1)) / np.sqrt(len(per_query)) if len(per_query) > 1 else 0.0
+        return float(per_query.mean()), float(per_query.mean()) - RECALL_CONFIDENCE_Z * spread
+
+    ef_search: int | None = None
+    if kind == INDEX_HNSW:
+        # Recall grows with efSearch (nearly monotonically: a wider beam), so bisect for the smallest reaching it.
+        low, ef_search = 1, config.hnsw_max_ef_search
+        if measured(ef_search)[1] >= config.min_recall_at_10:
+            while low < ef_search:
+                middle = (low + ef_search) // 2
+                if measured(middle)[1] >= config.min_recall_at_10:
+                    ef_search = middle
+                else:
+                    low = middle + 1
+    recall, lower_bound = measured(ef_search)
+    if held:
+        index.add_with_ids(np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(ids[is_held]))
+    return TunedIndex(
+        index=index,
+        kind=kind,
+        ef_search=ef_search,
+        recall_at_10=recall,
+        recall_lower_bound=lower_bound,
+        held_out_queries=held,
+    )
 
 
 def index_bytes(index: Any) -> bytes:

@@ -2,9 +2,12 @@
 
 Builds the index by size (exact ``IndexFlatIP`` below
 ``conversations.flat_max_vectors``, HNSW from there on; both inside an
-``IndexIDMap2`` keyed by the stable conversation ids), measures its recall@10
-against exact search on a sample of its own vectors, and refuses below
-``conversations.min_recall_at_10`` with nothing published. Otherwise writes
+``IndexIDMap2`` keyed by the stable conversation ids), chooses HNSW's efSearch
+as the smallest whose recall@10 against exact search reaches
+``conversations.min_recall_at_10`` on held-out vectors that were not in the
+index when measured (``vector_store.build_tuned_index``), and refuses below it
+with nothing published. M, efConstruction and the chosen efSearch go in the
+manifest; readers search with that efSearch. Otherwise writes
 ``versions/<version>/`` (index, vectors, metadata, manifest) and then moves
 ``latest.json`` by compare-and-swap, last, so a reader never sees a version
 without its files. Earlier versions stay.
@@ -100,15 +103,24 @@ def run(*, config: PipelineConfig, run_uri: str, store_uri: str) -> StageResult:
 
     settings = config.conversations
     started = time.perf_counter()
-    index, kind = vector_store.build_index(vectors, ids, settings)
+    tuned = vector_store.build_tuned_index(vectors, ids, settings, config.seed)
     build_seconds = round(time.perf_counter() - started, 3)
-    recall = vector_store.recall_at_k(index, vectors, settings.recall_sample, config.seed)
-    log.info("built a %s index of %d vectors in %.1fs, recall@10 %.4f", kind, len(ids), build_seconds, recall)
+    index, kind, recall = tuned.index, tuned.kind, tuned.recall_at_10
+    log.info(
+        "built a %s index of %d vectors in %.1fs: efSearch %s, recall@10 %.4f (lower bound %.4f), %d held-out queries",
+        kind,
+        len(ids),
+        build_seconds,
+        tuned.ef_search,
+        recall,
+        tuned.recall_lower_bound,
+        tuned.held_out_queries,
+    )
     if recall < settings.min_recall_at_10:
         raise StageError(
             f"{STAGE}: the {kind} index of {len(ids)} vectors has recall@10 {recall:.3f} against exact search, below "
             f"conversations.min_recall_at_10 {settings.min_recall_at_10}; nothing was published (raise "
-            "conversations.hnsw_ef_search or hnsw_m, or conversations.flat_max_vectors for an exact index)"
+            "conversations.hnsw_max_ef_search or hnsw_m, or conversations.flat_max_vectors for an exact index)"
         )
 
     created_at = datetime.now(UTC).replace(microsecond=0)
@@ -133,13 +145,15 @@ def run(*, config: PipelineConfig, run_uri: str, store_uri: str) -> StageResult:
             {
                 "m": settings.hnsw_m,
                 "ef_construction": settings.hnsw_ef_construction,
-                "ef_search": settings.hnsw_ef_search,
+                "ef_search": tuned.ef_search,
             }
             if kind == vector_store.INDEX_HNSW
             else None
         ),
         "recall_at_10": round(recall, 4),
-        "recall_sample": min(settings.recall_sample, len(ids)),
+        "recall_at_10_lower_bound": round(tuned.recall_lower_bound, 4),
+        # Held out of the index while measured, then added: no measured query was a vector of the index.
+        "recall_queries": tuned.held_out_queries,
         "build_seconds": build_seconds,
         "tagged": candidate["tagged"],
         "tag_note": candidate.get("tag_note"),
