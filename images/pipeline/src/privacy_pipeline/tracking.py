@@ -325,6 +325,9 @@ class _Mirror:
                     (plots / uri.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(uri))
             report = Path(folder, "report")
             report.mkdir()
+            # The run's HTML report, when register wrote it before handing over.
+            for uri in storage.list_uris(layout.path("report")):
+                (report / uri.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(uri))
             (report / "metrics.json").write_bytes(storage.json_bytes(run.metrics))
             (report / "run_record.json").write_bytes(storage.json_bytes(run.run_record))
             self._client.log_artifacts(mlflow_run_id, folder)

@@ -129,12 +129,12 @@ def run(*, config: PipelineConfig, run_uri: str, registry_uri: str) -> StageResu
     champion_version = champion_after.get("version") if champion_after else None
     log.info("promotion decision for %s: promoted=%s (%s)", version, decision.promoted, decision.reason)
 
+    # The run's HTML page (data, metrics beside the champion's, plots, decision, lineage); the UI links it.
+    report_uri = write_report(run_uri, registry_uri, version)
+    # Last: the mirror logs the report too, and whatever it does, the registry above is already complete.
     tracking_line = tracking.mirror_registration(
         _training_run(config, run_uri, registry_uri, reg, version, inputs, decision, champion_version), config
     )
-
-    # The run's HTML page (data, metrics beside the champion's, plots, decision, lineage); the UI links it.
-    report_uri = write_report(run_uri, registry_uri, version)
     verdict = "promoted to champion" if decision.promoted else "registered, not promoted"
     return StageResult(
         stage=STAGE,
