@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from embedded.mlflow_server import mlflow_server
 from embedded.monitoring import run_figures, running_monitoring
 from embedded.serve import DEFAULT_PORT, try_it_lines
 from embedded.stack import BUCKET, REPO, embedded_stack
@@ -104,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     log_file = args.home / f"demo-{now:%Y%m%dT%H%M%SZ}.log"
     started = time.monotonic()
     # Each stage pushes its figures to a local Pushgateway, which a local Prometheus scrapes (history kept in .local).
+    # register mirrors the run to a real MLflow server on 127.0.0.1 (state in .local/mlflow, kept across demos).
     with (
         running_monitoring(args.home / "monitoring") as monitoring,
-        embedded_stack(args.home, extra_env={"PIPELINE_PUSHGATEWAY_URL": monitoring.pushgateway_url}) as stack,
+        mlflow_server(args.home / "mlflow") as tracking,
+        embedded_stack(
+            args.home, extra_env={"PIPELINE_PUSHGATEWAY_URL": monitoring.pushgateway_url, **tracking.env}
+        ) as stack,
     ):
         print(
             f"Embedded default: Airflow home {stack.home / 'airflow'}, GCS emulator {stack.emulator_host}, "
@@ -132,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         print_report(xcoms, run_id, time.monotonic() - started)
         print(f"\nPrometheus ({monitoring.prometheus_url}) has the run's figures; stage seconds, longest first:")
         print("\n".join(run_figures(monitoring, DAG_ID, run_id)))
+        register = xcoms.get("register", [[-1, {}]])[0][1]
+        print(f"\nMLflow ({tracking.url}): {register.get('tracking')}")
+        print(
+            "  browse it after the demo: .venv/mlflow/bin/python -m embedded.mlflow_server (then http://127.0.0.1:5000)"
+        )
     print(f"\nServe the champion: make serve, then\n{try_it_lines(f'http://127.0.0.1:{DEFAULT_PORT}')}")
     return 0
 
