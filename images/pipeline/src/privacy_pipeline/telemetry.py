@@ -96,7 +96,7 @@ XCOM_METRICS: dict[str, XcomMetric] = {
     "promoted": XcomMetric("model_promoted", "1 when the gate made the candidate champion, else 0."),
     "counts": XcomMetric("index_conversations", "Conversations in the vector store version, by kind.", label="kind"),
     "recall_at_10": XcomMetric("index_recall_at_10", "Recall@10 of the published index against exact search."),
-    "drift_score": XcomMetric("drift_score", "How far the day's conversations moved from the champion's data."),
+    "drift_score": XcomMetric("drift_score", "The drift stage's domain-classifier ROC AUC (0.5: no drift)."),
     "drifted": XcomMetric("drifted", "1 when the drift stage judged the day drifted, else 0."),
 }
 
@@ -129,7 +129,7 @@ class TaskIdentity:
         return cls(dag=dag, run=env.get(RUN_ID_ENV, ""), task=task)
 
 
-def _numbers(value: Any) -> float | None:
+def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, int | float):
@@ -167,16 +167,16 @@ def xcom_samples(identity: TaskIdentity, xcom: Mapping[str, Any]) -> _Samples:
         value = xcom.get(key)
         if metric.label and isinstance(value, Mapping):
             for label_value, item in value.items():
-                number = _numbers(item)
+                number = _number(item)
                 if number is not None:
                     samples.set(metric, number, label_value=str(label_value))
         elif isinstance(value, list | tuple) and len(value) == 2:
-            bounds = [_numbers(v) for v in value]
+            bounds = [_number(v) for v in value]
             for suffix, bound in zip(("_lower", "_upper"), bounds, strict=True):
                 if bound is not None:
                     samples.set(metric, bound, suffix=suffix)
         else:
-            number = _numbers(value)
+            number = _number(value)
             if number is not None:
                 samples.set(metric, number)
     written = samples.values.get(PREFIX + XCOM_METRICS["rows_valid"].name)
@@ -209,9 +209,7 @@ def _push(url: str, identity: TaskIdentity, stage: str, samples: _Samples, *, re
         log.info("Pushed %s's metrics to %s (dag %s, run %s)", stage, url, identity.dag, identity.run)
 
 
-def push_stage_result(
-    stage: str, result: StageResult, seconds: float, env: Mapping[str, str] | None = None, now: float | None = None
-) -> None:
+def push_stage_result(stage: str, result: StageResult, seconds: float, env: Mapping[str, str] | None = None) -> None:
     """Push a successful stage's figures, replacing its task's previous group."""
     target = _push_target(stage, os.environ if env is None else env)
     if target is None:
@@ -220,13 +218,11 @@ def push_stage_result(
     samples = xcom_samples(identity, result.xcom)
     samples.set(DURATION, seconds)
     samples.set(SUCCEEDED, 1.0)
-    samples.set(LAST_SUCCESS, time.time() if now is None else now)
+    samples.set(LAST_SUCCESS, time.time())
     _push(url, identity, stage, samples, replace_group=True)
 
 
-def push_stage_failure(
-    stage: str, seconds: float, env: Mapping[str, str] | None = None, now: float | None = None
-) -> None:
+def push_stage_failure(stage: str, seconds: float, env: Mapping[str, str] | None = None) -> None:
     """Push a failed stage's status only, keeping the figures and success time of its last good run."""
     target = _push_target(stage, os.environ if env is None else env)
     if target is None:
@@ -235,7 +231,7 @@ def push_stage_failure(
     samples = _Samples(identity)
     samples.set(DURATION, seconds)
     samples.set(SUCCEEDED, 0.0)
-    samples.set(LAST_FAILURE, time.time() if now is None else now)
+    samples.set(LAST_FAILURE, time.time())
     _push(url, identity, stage, samples, replace_group=False)
 
 
