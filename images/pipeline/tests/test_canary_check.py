@@ -25,7 +25,7 @@ from rollout_runs import CANDIDATE, CHAMPION, promoted, registered
 from privacy_pipeline import registry, storage
 from privacy_pipeline.config import RolloutConfig, load_config
 from privacy_pipeline.errors import StageError
-from privacy_pipeline.stages import canary_check, deploy
+from privacy_pipeline.stages import canary_check, deploy, rollback
 from privacy_pipeline.stages.canary_check import CanaryEvidence, VersionEvidence, decide
 
 ROLLOUT = RolloutConfig(
@@ -262,3 +262,19 @@ def test_without_a_canary_there_is_nothing_to_judge(tmp_path: Path) -> None:
 
     assert result.xcom["checked"] is False
     assert result.xcom["reason"].startswith(f"no canary: {CHAMPION} is the first champion")
+
+
+def test_the_rollback_moves_nothing_once_another_version_replaced_the_canary(tmp_path: Path) -> None:
+    # Between canary_check's judging and its rollback another run may promote: that champion must stay.
+    registry_uri = str(tmp_path / "registry")
+    newer = "20261122T020000Z-cccccccc"
+    for version in (CHAMPION, CANDIDATE, newer):
+        registered(registry_uri, version)
+        promoted(registry_uri, str(tmp_path / version), version)
+
+    result = rollback.run(
+        config=load_config(), registry_uri=registry_uri, to=CHAMPION, by="canary_check", expected_champion=CANDIDATE
+    )
+
+    assert result.xcom["moved"] is False and f"the champion is now {newer}" in result.xcom["note"]
+    assert registry.champion(registry_uri)["version"] == newer
