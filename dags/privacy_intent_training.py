@@ -39,7 +39,8 @@ backfill replaces its outputs. Data stays in the bucket; **XCom** carries only s
 | `register` | `model_version`, `model_uri`, `promoted`, `decision_reason`, `candidate_f1_macro`, |
 |  | `champion_f1_macro` (on this holdout), `champion_version`, `compared_against`, `compared_rows`, |
 |  | `f1_macro_difference`, `difference_interval` (the paired bootstrap's), `excluded_rows`, |
-|  | `report_uri` (the run report; the task's **Run report** link opens it) |
+|  | `report_uri` (the run report; the task's **Run report** link opens it), |
+|  | `tracking` (the MLflow mirror: the run and model version logged, or `skipped: <why>`) |
 | `deploy` | `deployed`, `reason`, `model_version`, `previous_version`, `canary_traffic_percent`, `manifest_uri`, |
 |  | `manifest` (the rendered InferenceService), `applied`, `deployment_mode` |
 | `canary_check` | `checked`, `decision` (promote/rollback), `reason`, `champion_version`, `rolled_back`, `agreement`, |
