@@ -56,6 +56,12 @@ def trigger(airflow: RunningAirflow, dag_id: str, conf: dict, logical_date: str 
     return airflow.api("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": logical_date, "conf": conf})
 
 
-def unpause(airflow: RunningAirflow, dag_id: str) -> None:
+def unpause(airflow: RunningAirflow, dag_id: str, parse_timeout: float = 180) -> None:
+    # Right after Airflow starts, and slower under load, the dag-processor may not have parsed the DAG yet:
+    # the API answers 404 until it has.
+    deadline = time.monotonic() + parse_timeout
     status, body = airflow.api("PATCH", f"/dags/{dag_id}", {"is_paused": False})
+    while status == 404 and time.monotonic() < deadline:
+        time.sleep(2)
+        status, body = airflow.api("PATCH", f"/dags/{dag_id}", {"is_paused": False})
     assert status == 200, body
