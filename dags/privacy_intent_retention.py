@@ -29,7 +29,7 @@ import airflow.providers.cncf.kubernetes.operators.pod  # noqa: F401
 import pendulum
 from airflow.sdk import DAG, Param
 
-from privacy_pipeline_airflow import run_templates
+from privacy_pipeline_airflow import notifications, run_templates
 from privacy_pipeline_airflow.settings import get_settings
 from privacy_pipeline_airflow.stage_pod import stage_pod
 
@@ -43,7 +43,11 @@ with DAG(
     catchup=False,
     # Two deletions over the same prefixes at once would only race each other.
     max_active_runs=1,
-    default_args={"owner": "ml-platform", "retries": settings.retries},
+    default_args={
+        "owner": "ml-platform",
+        "retries": settings.retries,
+        "on_failure_callback": notifications.failure_notifiers(settings),
+    },
     tags=["privacy-intent", "retention", "kubernetes"],
     doc_md=__doc__,
     user_defined_filters=run_templates.USER_DEFINED_FILTERS,

@@ -77,7 +77,12 @@ def failure_reason(context: Any) -> dict[str, str]:
     if recorded is not None:
         return {"reason": recorded.reason, "message": recorded.message}
     if exception is None:
-        return {"reason": "unknown", "message": "the task failed without an exception (killed or timed out?)"}
+        # Failures decided outside the task's process reach the callback (run by the dag-processor) without one.
+        return {
+            "reason": "timed out or killed",
+            "message": "no exception reached the callback: the task was failed outside its own process "
+            "(a deferral timeout on the triggerer, a lost heartbeat); its log says which",
+        }
     first_line = (str(exception).splitlines() or [""])[0]
     return {"reason": type(exception).__name__, "message": first_line[:500]}
 

@@ -276,3 +276,11 @@ def test_slack_is_an_option_set_by_a_connection(monkeypatch: pytest.MonkeyPatch)
     assert posted["auth"] == "Bearer xoxb-test-token"
     assert posted["channel"] == "#ml-alerts"
     assert "alerts_slack.tune" in posted["text"] and "Evicted" in posted["text"]
+
+
+def test_a_failure_decided_outside_the_task_is_named_as_such() -> None:
+    # The dag-processor runs the callback of a deferral timeout or a lost heartbeat with no exception in the context.
+    ti = mock.Mock(task_id="wait_for_data", map_index=-1, try_number=1)
+    assert (
+        notifications.failure_reason({"task": mock.Mock(arguments=None), "ti": ti})["reason"] == "timed out or killed"
+    )
