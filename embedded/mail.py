@@ -54,7 +54,7 @@ class MailServer:
         """Every message received so far, oldest first."""
         # A Maildir keeps each delivered message as one RFC 5322 file under new/.
         files = sorted((self.maildir / "new").iterdir(), key=lambda path: (path.stat().st_mtime_ns, path.name))
-        return [email.message_from_bytes(path.read_bytes(), policy=email.policy.default) for path in files]  # type: ignore[misc]
+        return [email.message_from_bytes(path.read_bytes(), policy=email.policy.default) for path in files]
 
 
 def body_text(message: EmailMessage) -> str:
