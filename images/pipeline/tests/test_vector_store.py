@@ -186,3 +186,11 @@ def test_an_unreachable_recall_target_keeps_the_largest_ef_search_and_reports_it
     config = ConversationsConfig(flat_max_vectors=0, hnsw_m=4, hnsw_ef_construction=4, hnsw_max_ef_search=1)
     tuned = vector_store.build_tuned_index(vectors, ids, config, seed=0)
     assert tuned.ef_search == 1 and tuned.recall_at_10 < config.min_recall_at_10
+
+
+def test_the_index_kind_follows_the_whole_store_not_the_part_built_before_tuning() -> None:
+    vectors = _clustered(500, clusters=10, seed=12)
+    ids = vector_store.stable_ids([f"c{i}" for i in range(500)])
+    config = ConversationsConfig(flat_max_vectors=450, recall_sample=100)
+    tuned = vector_store.build_tuned_index(vectors, ids, config, seed=0)
+    assert tuned.kind == "hnsw" and tuned.ef_search is not None and tuned.index.ntotal == 500

@@ -207,10 +207,15 @@ def index_kind(n_vectors: int, config: ConversationsConfig) -> str:
     return INDEX_FLAT if n_vectors < config.flat_max_vectors else INDEX_HNSW
 
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, config: ConversationsConfig) -> tuple[Any, str]:
-    """An IndexIDMap2 over exact Flat (small stores) or HNSW (large ones), inner product on unit vectors."""
+def build_index(
+    vectors: np.ndarray, ids: np.ndarray, config: ConversationsConfig, kind: str | None = None
+) -> tuple[Any, str]:
+    """An IndexIDMap2 over exact Flat (small stores) or HNSW (large ones), inner product on unit vectors.
+
+    ``kind`` defaults to what the number of ``vectors`` calls for.
+    """
     dimension = vectors.shape[1]
-    kind = index_kind(len(vectors), config)
+    kind = kind or index_kind(len(vectors), config)
     inner: Any
     if kind == INDEX_FLAT:
         inner = faiss.IndexFlatIP(dimension)
@@ -297,7 +302,8 @@ def build_tuned_index(vectors: np.ndarray, ids: np.ndarray, config: Conversation
     is_held = np.zeros(n, dtype=bool)
     is_held[np.random.default_rng(seed).choice(n, size=held, replace=False)] = True
     indexed, queries = vectors[~is_held], vectors[is_held]
-    index, kind = build_index(indexed, ids[~is_held], config)
+    # The kind the whole store calls for: the held-out vectors join the index below.
+    index, kind = build_index(indexed, ids[~is_held], config, index_kind(n, config))
     exact = exact_scores(indexed, queries) if held and len(indexed) else np.zeros((0, 1), dtype=np.float32)
 
     def measured(ef_search: int | None) -> tuple[float, float]:
