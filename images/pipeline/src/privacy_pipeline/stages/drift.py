@@ -111,6 +111,8 @@ def run(*, config: PipelineConfig, run_uri: str, registry_uri: str, store_uri: s
     drifted = bool(drift_score is not None and drift_score > settings.auc_threshold)
     top_features = [f["feature"] for f in decision["top_features"]] if decision else []
     retrain_prefix = _latest_partition(training_data, day)
+    if drifted and retrain_prefix is None:
+        notes.append(f"no labelled partition under {training_data} up to {day} to retrain on")
     champion = registry.champion(registry_uri)
 
     report_uri = layout.run.path(DRIFT, "report.json")
@@ -133,8 +135,6 @@ def run(*, config: PipelineConfig, run_uri: str, registry_uri: str, store_uri: s
 
     retrain = drifted and retrain_prefix is not None
     trigger_run_id = f"{TRIGGER_PREFIX}__{day}__{content[:16]}"
-    if drifted and retrain_prefix is None:
-        notes.append(f"no labelled partition under {training_data} up to {day} to retrain on")
     score = "n/a" if drift_score is None else f"{drift_score:.3f}"
     verdict = f"drifted, retrain {trigger_run_id}" if retrain else ("drifted" if drifted else "no drift")
     summary = f"{STAGE}: {day}, domain-classifier AUC {score} vs recent days (threshold {settings.auc_threshold}): "
@@ -306,6 +306,9 @@ def _compare(reference: Side, day: Side, settings: DriftConfig) -> dict[str, Any
     rng = np.random.default_rng(settings.seed)
     reference_texts, reference_vectors = _sample(reference, settings.sample_size, rng)
     day_texts, day_vectors = _sample(day, settings.sample_size, rng)
+    folds = min(settings.cv_folds, len(reference_texts), len(day_texts))
+    if folds < 2:
+        raise StageError(f"{STAGE}: {reference.name} and the day need at least 2 rows each to compare")
     components = min(settings.embedding_components, len(reference_texts) - 1, reference_vectors.shape[1])
     pca = PCA(n_components=components, random_state=settings.seed).fit(reference_vectors)
     names = [*HANDCRAFTED_COLUMNS, *(f"embedding_pc{i + 1}" for i in range(components))]
@@ -337,9 +340,6 @@ def _compare(reference: Side, day: Side, settings: DriftConfig) -> dict[str, Any
         ]
     )
     is_day = np.r_[np.zeros(len(reference_texts)), np.ones(len(day_texts))]
-    folds = min(settings.cv_folds, len(reference_texts), len(day_texts))
-    if folds < 2:
-        raise StageError(f"{STAGE}: {reference.name} and the day need at least 2 rows each to compare")
     classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
     auc = cross_val_score(
         classifier,
