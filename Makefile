@@ -10,6 +10,30 @@ AIRFLOW_BIN := $(AIRFLOW_VENV)/bin
 SERVING_VENV := $(VENV)/serving
 SERVING_BIN := $(SERVING_VENV)/bin
 
+# uv installs the venvs' packages (minutes faster than pip on a clean machine); it is pinned in
+# requirements-uv.txt and lives in .venv/uv, bootstrapped with pip. uv reads no pip.conf, so every install
+# is handed the sources pip would use here, read from pip's config: find-links, the index and extra indexes
+# (PyPI stays the default), the constraint file and the CA bundle. unsafe-best-match is pip's rule: the
+# highest version on any of them. The venvs themselves still come from `python -m venv`: uv's seed
+# setuptools has no pkg_resources, which some pinned packages still import.
+UV_VENV := $(VENV)/uv
+UV := $(UV_VENV)/bin/uv
+# One of pip's settings as `pip config list` merges its files (`pip config get` reads the user's file only),
+# read once on first use: starting pip takes seconds, and targets that install nothing never pay it.
+pip_config = $(if $(filter undefined,$(origin PIP_CONFIG_$(1))),$(eval PIP_CONFIG_$(1) := \
+	$(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^global\.$(1)='\(.*\)'$$/\1/p")))$(PIP_CONFIG_$(1))
+UV_PIP_INSTALL = $(if $(call pip_config,cert),SSL_CERT_FILE=$(call pip_config,cert)) $(UV) pip install --quiet \
+	--no-config --no-python-downloads --native-tls --index-strategy unsafe-best-match \
+	$(foreach dir,$(call pip_config,find-links),--find-links $(dir)) \
+	$(foreach url,$(call pip_config,index-url),--default-index $(url)) \
+	$(foreach url,$(call pip_config,extra-index-url),--index $(url)) \
+	$(foreach file,$(wildcard $(call pip_config,constraint)),--constraint $(file))
+
+$(UV_VENV)/.installed: requirements-uv.txt
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install --quiet -r requirements-uv.txt
+	touch $@
+
 ## help: list the targets
 .PHONY: help
 help:
@@ -19,15 +43,15 @@ help:
 .PHONY: setup
 setup: $(PIPELINE_VENV)/.installed $(AIRFLOW_VENV)/.installed
 
-$(PIPELINE_VENV)/.installed: images/pipeline/pyproject.toml
+$(PIPELINE_VENV)/.installed: images/pipeline/pyproject.toml | $(UV_VENV)/.installed
 	$(PYTHON) -m venv $(PIPELINE_VENV)
-	$(PIPELINE_BIN)/pip install --quiet -e 'images/pipeline[test,bench]'
+	$(UV_PIP_INSTALL) --python $(PIPELINE_BIN)/python -e 'images/pipeline[test,bench]'
 	touch $@
 
 # The runtime list and the test tools (requirements-test.txt includes requirements.txt).
-$(AIRFLOW_VENV)/.installed: requirements.txt requirements-test.txt requirements.lock
+$(AIRFLOW_VENV)/.installed: requirements.txt requirements-test.txt requirements.lock | $(UV_VENV)/.installed
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_BIN)/pip install --quiet -r requirements-test.txt
+	$(UV_PIP_INSTALL) --python $(AIRFLOW_BIN)/python -r requirements-test.txt
 	touch $@
 
 ## lint: ruff format check, ruff check (AIR rules on DAGs) and mypy on the stage package
@@ -100,8 +124,8 @@ $(SERVING_VENV)/.installed: images/pipeline/pyproject.toml images/pipeline/requi
 		images/pipeline/requirements-serving-test.txt images/pipeline/serving_requirements.py
 	$(PYTHON) -m venv $(SERVING_VENV)
 	$(PYTHON) images/pipeline/serving_requirements.py > $(SERVING_VENV)/requirements.txt
-	$(SERVING_BIN)/pip install --quiet -r $(SERVING_VENV)/requirements.txt
-	$(SERVING_BIN)/pip install --quiet --no-deps -e images/pipeline
+	$(UV_PIP_INSTALL) --python $(SERVING_BIN)/python -r $(SERVING_VENV)/requirements.txt
+	$(UV_PIP_INSTALL) --python $(SERVING_BIN)/python --no-deps -e images/pipeline
 	touch $@
 
 # Debian's Prometheus (with promtool) and Pushgateway: `make airflow` and `make demo` start both on 127.0.0.1
@@ -118,9 +142,9 @@ MLFLOW_VENV := $(VENV)/mlflow
 .PHONY: mlflow-env
 mlflow-env: $(MLFLOW_VENV)/.installed
 
-$(MLFLOW_VENV)/.installed: embedded/requirements-mlflow.txt
+$(MLFLOW_VENV)/.installed: embedded/requirements-mlflow.txt | $(UV_VENV)/.installed
 	$(PYTHON) -m venv $(MLFLOW_VENV)
-	$(MLFLOW_VENV)/bin/pip install --quiet -r embedded/requirements-mlflow.txt
+	$(UV_PIP_INSTALL) --python $(MLFLOW_VENV)/bin/python -r embedded/requirements-mlflow.txt
 	touch $@
 
 # Debian's chromium and its WebDriver, for the try-it page's browser test.
@@ -146,19 +170,20 @@ postgres:
 image:
 	bash images/build.sh
 
-LOCK_VENV := $(VENV)/lock
+# make lock's intermediate lists live beside uv.
+LOCK_VENV := $(UV_VENV)
 # Hash pins for the images, compiled for Linux x86_64. The stage image runs Debian
 # bookworm's python3.11 (3.11.2); the Airflow image's is newer (and its Google
 # provider needs 3.11.3 or later). torch's hash is the CPU wheel's in the local
 # find-links folder, the one images/build.sh mounts into the build.
-LOCK_COMPILE := $(LOCK_VENV)/bin/uv pip compile --quiet --no-config --native-tls \
+LOCK_COMPILE := $(UV) pip compile --quiet --no-config --native-tls \
 	--generate-hashes --python-platform x86_64-manylinux_2_28 --custom-compile-command 'make lock'
 WHEELS_DIR ?= $(shell pip3 config get global.find-links 2>/dev/null)
 
 ## lock: re-pin both images' runtime dependencies with hashes (images/*/requirements.lock) after changing their lists
 # The stage image's serving environment gets its own lock: the serving list under the stage lock's pins.
 .PHONY: lock
-lock: $(LOCK_VENV)/.installed
+lock: $(UV_VENV)/.installed
 	@test -d "$(WHEELS_DIR)" || { echo "make lock: no folder with the torch CPU wheel (set WHEELS_DIR); refusing to lock a CUDA torch" >&2; exit 1; }
 	$(LOCK_COMPILE) --python-version 3.11 --find-links $(WHEELS_DIR) \
 		images/pipeline/pyproject.toml images/pipeline/requirements-image.in -o images/pipeline/requirements.lock
@@ -169,10 +194,6 @@ lock: $(LOCK_VENV)/.installed
 	$(LOCK_COMPILE) --python-version 3.11 --find-links $(WHEELS_DIR) $(LOCK_VENV)/serving.in \
 		--constraints $(LOCK_VENV)/serving-constraints.txt -o images/pipeline/requirements-serving.lock
 
-$(LOCK_VENV)/.installed: images/requirements-lock-tool.txt
-	$(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/pip install --quiet -r images/requirements-lock-tool.txt
-	touch $@
 
 CHECKOV_VENV := $(VENV)/checkov
 
@@ -180,9 +201,9 @@ CHECKOV_VENV := $(VENV)/checkov
 .PHONY: checkov
 checkov: $(CHECKOV_VENV)/.installed
 
-$(CHECKOV_VENV)/.installed: tests/images/requirements-checkov.txt
+$(CHECKOV_VENV)/.installed: tests/images/requirements-checkov.txt | $(UV_VENV)/.installed
 	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install --quiet -r tests/images/requirements-checkov.txt
+	$(UV_PIP_INSTALL) --python $(CHECKOV_VENV)/bin/python -r tests/images/requirements-checkov.txt
 	touch $@
 
 
@@ -194,7 +215,7 @@ audit: setup $(AUDIT_VENV)/.installed
 	$(AUDIT_VENV)/bin/pip-audit --strict --progress-spinner off --path $(PIPELINE_VENV)/lib/python3.11/site-packages
 	$(AUDIT_VENV)/bin/pip-audit --strict --progress-spinner off --path $(AIRFLOW_VENV)/lib/python3.11/site-packages
 
-$(AUDIT_VENV)/.installed: tests/requirements-audit.txt
+$(AUDIT_VENV)/.installed: tests/requirements-audit.txt | $(UV_VENV)/.installed
 	$(PYTHON) -m venv $(AUDIT_VENV)
-	$(AUDIT_VENV)/bin/pip install --quiet -r tests/requirements-audit.txt
+	$(UV_PIP_INSTALL) --python $(AUDIT_VENV)/bin/python -r tests/requirements-audit.txt
 	touch $@
