@@ -15,6 +15,7 @@ active deadlines, logs streamed to the task log and the XCom JSON pushed.
 
 from __future__ import annotations
 
+import copy
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -99,6 +100,12 @@ class StagePodOperator(KubernetesPodOperator):
     """
 
     operator_extra_links = (RunReportLink(),)
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        # Rendering edits each V1EnvVar in place, and a mapped task's shards share their partial kwargs' objects:
+        # where shards render in one process (`airflow dags test`) the first would fix every shard's map index.
+        self.env_vars = copy.deepcopy(self.env_vars)
+        super().render_template_fields(context, jinja_env)
 
     def execute(self, context: Any) -> Any:
         settings = get_settings()

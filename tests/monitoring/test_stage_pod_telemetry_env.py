@@ -44,3 +44,19 @@ def test_the_pushgateway_comes_from_settings_or_else_the_env_configmap() -> None
     configured = PipelineSettings(pushgateway_url="http://127.0.0.1:9091")
     env = {var.name: var.value for var in stage_pod_kwargs("ingest", configured)["env_vars"]}
     assert env["PIPELINE_PUSHGATEWAY_URL"] == "http://127.0.0.1:9091"
+
+
+def test_shards_rendered_in_one_process_each_name_their_own_map_index(dags) -> None:
+    """`airflow dags test` renders every shard of the mapped tune task in one process, from shared partial kwargs."""
+    from rendered_pods import task_context
+
+    from privacy_pipeline_airflow.stage_pod import StagePodOperator
+
+    dag = dags["privacy_intent_training"]
+    tune = dag.get_task("tune")
+    shards = [StagePodOperator(task_id="tune", arguments=["tune"], **tune.partial_kwargs) for _ in range(2)]
+    for index in (1, 0):
+        shards[index].render_template_fields(
+            task_context(dag, "tune", ds="2026-11-20", run_id=RUN_ID, map_index=index), jinja_env=dag.get_template_env()
+        )
+    assert [{v.name: v.value for v in shard.env_vars}["PIPELINE_MAP_INDEX"] for shard in shards] == ["0", "1"]
