@@ -80,10 +80,11 @@ test-stage-package: setup monitoring mlflow-env
 	$(PIPELINE_BIN)/pytest -q images/pipeline/tests
 # The model server, its batcher, the try-it page and the run report in headless Chromium (skipped in the
 # stage-package tier, which has no selenium).
-test-serving: serving-env chromium
+test-serving: serving-env chromium mlflow-env
 	$(SERVING_BIN)/pytest -q images/pipeline/tests/test_serving_batcher.py images/pipeline/tests/test_serving.py \
 		images/pipeline/tests/test_serving_page.py images/pipeline/tests/test_run_report_page.py \
-		images/pipeline/tests/test_serving_canary.py images/pipeline/tests/test_drift_page.py
+		images/pipeline/tests/test_serving_canary.py images/pipeline/tests/test_drift_page.py \
+		images/pipeline/tests/test_mlflow_ui_page.py
 # Everything under tests/ but the three slow tiers: DAG policy, rendered pods, plugins (and any new folder).
 test-dags-plugins: setup monitoring
 	$(AIRFLOW_PYTEST) tests --ignore=tests/e2e --ignore=tests/system --ignore=tests/images
