@@ -50,6 +50,8 @@ STAGE_LINES = {
         f"holdout macro-F1 {x['f1_macro']:.3f}, accuracy {x['accuracy']:.3f}, ROC-AUC {x['roc_auc_ovr']:.3f}"
     ),
     "register": lambda x: f"version {x['model_version']}, promoted={x['promoted']} ({x['decision_reason']})",
+    "deploy": lambda x: x["reason"],
+    "canary_check": lambda x: x["reason"] if not x["checked"] else f"{x['decision']}: {x['reason']}",
 }
 
 

@@ -58,6 +58,9 @@ def test_the_first_model_is_registered_and_becomes_champion(first_run, bucket) -
     version = register["model_version"]
     names = {blob.name for blob in bucket.list_blobs(prefix="registry/")}
     assert f"registry/models/{version}/model.skops" in names
+    # A first champion has no version to share traffic with: all of it, and no canary to judge.
+    assert xcoms["deploy"]["model_version"] == version and xcoms["deploy"]["canary_traffic_percent"] is None
+    assert xcoms["canary_check"]["checked"] is False
     assert f"registry/models/{version}/metadata.json" in names
     assert f"registry/runs/{version}.json" in names
     assert "registry/champion.json" in names
