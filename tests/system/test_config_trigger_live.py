@@ -19,7 +19,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from live_airflow import FAST, TRAINING, WATCH, registry_runs, runs, synth, trigger, unpause, wait_for_run, xcom
+from live_airflow import (
+    FAST,
+    RUN_TIMEOUT,
+    TRAINING,
+    WATCH,
+    registry_runs,
+    runs,
+    synth,
+    trigger,
+    unpause,
+    wait_for_run,
+    xcom,
+)
 
 from embedded.stack import BUCKET
 
@@ -58,7 +70,7 @@ def _watch_config_check(airflow) -> list[dict]:
     status, watch = trigger(airflow, WATCH, {})
     assert status == 200, watch
     path = f"/dags/{WATCH}/dagRuns/{watch['dag_run_id']}/taskInstances/find_config_change"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + RUN_TIMEOUT
     state = None
     while time.monotonic() < deadline:
         try:
@@ -92,7 +104,7 @@ def test_a_changed_threshold_starts_exactly_one_run_that_uses_it(airflow, bucket
     decided = _watch_config_check(airflow)
 
     assert decided == [{"trigger_run_id": run_id, "conf": {"data_prefix": PARTITION}}]
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + RUN_TIMEOUT
     while run_id not in _config_runs(airflow) and time.monotonic() < deadline:
         time.sleep(2)
     assert _config_runs(airflow) == sorted([*before, run_id])
