@@ -8,7 +8,7 @@ One question, two references, each compared with the same tests:
 - **the champion's training data** (reported, not deciding): its training split's messages (redacted
   here the same way) and sentence embeddings, and its class mix. Measured on the synthetic data, an
   ordinary day is told apart from training messages with ROC AUC 0.93 (handcrafted features) to 0.99
-  (embeddings): a conversation's joined user turns are not a labelled single message, so that gap is the
+  (bag-of-words vectors): a conversation's joined user turns are not a labelled single message, so that gap is the
   champion's training/serving skew, always there, and no threshold on it could say whether *today* moved.
 
 The tests, per reference, on at most ``drift.sample_size`` rows a side (scipy.stats and scikit-learn):
