@@ -80,7 +80,12 @@ with create_session() as session:
         XComModel.dag_id == {dag_id!r}, XComModel.run_id == {run_id!r}, XComModel.key == "return_value"))
     out = {{}}
     for task_id, map_index, value in rows:
-        out.setdefault(task_id, []).append([map_index, json.loads(value) if isinstance(value, str) else value])
+        if isinstance(value, str):  # a JSON document stored as text; a task that returns a plain string stays one
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        out.setdefault(task_id, []).append([map_index, value])
 print(json.dumps(out))
 """
         result = subprocess.run(

@@ -24,13 +24,15 @@ from __future__ import annotations
 import copy
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
-from privacy_pipeline_airflow import pod_failures
 from privacy_pipeline_airflow.settings import PipelineSettings, get_settings
+
+if TYPE_CHECKING:
+    from privacy_pipeline_airflow.pod_failures import PodFailure
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,12 @@ def failure_reason(context: Any) -> dict[str, str]:
     return {"reason": type(exception).__name__, "message": first_line[:500]}
 
 
-def _recorded_failure(context: Any) -> pod_failures.PodFailure | None:
+def _recorded_failure(context: Any) -> PodFailure | None:
     """What StagePodOperator recorded for this try in ``<run>/_pod_failures/``, if it is a stage pod."""
+    # Imported when a task fails, not when a DAG file is parsed: pod_failures loads the Kubernetes client,
+    # which every DAG file that sets this callback would otherwise pay for on each parse.
+    from privacy_pipeline_airflow import pod_failures
+
     task, ti = context.get("task"), context.get("ti")
     run_uri = pod_failures.run_uri_of(getattr(task, "arguments", None))
     if run_uri is None or ti is None:
