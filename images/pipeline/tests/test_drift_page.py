@@ -9,7 +9,6 @@ the report JSON's. Runs in the serving environment, where selenium is.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,16 +18,12 @@ pytest.importorskip("selenium", reason="selenium comes with the serving environm
 
 import numpy as np
 import pandas as pd
+from headless_chromium import ARTIFACTS, headless_chromium
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from privacy_pipeline.config import load_config
 from privacy_pipeline.stages import drift, synth_conversations
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).resolve().parents[3] / ".local" / "test-artifacts"
 
 
 def _side(tmp_path: Path, name: str, day: str, shift: float) -> drift.Side:
@@ -45,19 +40,8 @@ def _side(tmp_path: Path, name: str, day: str, shift: float) -> drift.Side:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail(
-            f"{CHROMIUM} and {CHROMEDRIVER} are missing: run `make chromium` (Debian's chromium, chromium-driver)"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,900"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    try:
+    with headless_chromium("1100,900") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_the_drift_page_renders_every_plot_and_shows_the_reports_verdict(tmp_path, browser) -> None:

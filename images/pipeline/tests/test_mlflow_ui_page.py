@@ -8,41 +8,26 @@ Runs in the serving environment, where selenium is.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytest.importorskip("selenium", reason="selenium comes with the serving environment (.venv/serving)")
 
+from headless_chromium import ARTIFACTS, headless_chromium
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from test_tracking import mirrored, runs, server  # noqa: F401  (module fixtures: two mirrored registrations)
 
 from privacy_pipeline import tracking
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).resolve().parents[3] / ".local" / "test-artifacts"
-
 
 @pytest.fixture()
 def browser() -> Iterator[webdriver.Chrome]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are missing: run `make chromium`")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    try:
+    with headless_chromium("1400,900") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _page_text(browser: webdriver.Chrome) -> str:

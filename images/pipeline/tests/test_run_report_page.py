@@ -9,7 +9,6 @@ shown. A screenshot is kept for a person to look at.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import pytest
 
 pytest.importorskip("selenium", reason="selenium comes with the serving environment (.venv/serving)")
 
+from headless_chromium import ARTIFACTS, headless_chromium
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from serving_runs import TrainedRegistry, trained_registry
 
@@ -26,10 +25,6 @@ from privacy_pipeline import registry, storage
 from privacy_pipeline.registry import RegistryLayout
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.run_report import report_uri
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).resolve().parents[3] / ".local" / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +34,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail(
-            f"{CHROMIUM} and {CHROMEDRIVER} are missing: run `make chromium` (Debian's chromium, chromium-driver)"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,900"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    try:
+    with headless_chromium("1100,900") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def shown(browser: webdriver.Chrome, element_id: str) -> str:

@@ -8,7 +8,6 @@ look at.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import pytest
 pytest.importorskip("kserve", reason="the serving tests run in the serving environment (.venv/serving)")
 pytest.importorskip("selenium", reason="selenium comes with the serving environment (.venv/serving)")
 
+from headless_chromium import ARTIFACTS, headless_chromium
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
@@ -28,10 +27,6 @@ from privacy_pipeline.serving.process import ServerProcess
 
 DELETION_REQUEST = "Hi, please delete my account and erase all the personal data you have on me. Thanks"
 # Debian's packages (make chromium installs them).
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-# Kept after the run for a person to look at (pytest's own temp directories are rotated away).
-ARTIFACTS = Path(__file__).resolve().parents[3] / ".local" / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +42,8 @@ def server(trained: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture()
 def browser() -> Iterator[webdriver.Chrome]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        pytest.fail(
-            f"{CHROMIUM} and {CHROMEDRIVER} are missing: run `make chromium` (Debian's chromium, chromium-driver)"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,800"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    try:
+    with headless_chromium("1000,800") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_a_person_types_a_deletion_request_and_sees_the_intent_bars_and_version(
