@@ -17,14 +17,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedded.stack import REPO, free_port
+from embedded.stack import REPO, free_port, wait_until_ready
 
 MLFLOW_BIN = REPO / ".venv" / "mlflow" / "bin" / "mlflow"
 
@@ -39,14 +37,6 @@ class MlflowServer:
     def env(self) -> dict[str, str]:
         """What points Airflow's settings (and so the register and rollback pods) at this server."""
         return {"PIPELINE_MLFLOW_TRACKING_URI": self.url}
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -95,13 +85,7 @@ def mlflow_server(home: Path, *, port: int | None = None, timeout: float = 120.0
         command, cwd=home, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + timeout
-        while not _healthy(url):
-            if process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with code {process.returncode}; see {home / 'server.log'}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server at {url} was not healthy within {timeout:.0f}s")
-            time.sleep(0.5)
+        wait_until_ready(f"{url}/health", process, "mlflow server", home / "server.log", timeout)
         yield MlflowServer(url=url, home=home, process=process)
     finally:
         _stop(process)

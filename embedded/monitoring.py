@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from embedded.stack import REPO, free_port
+from embedded.stack import REPO, free_port, wait_until_ready
 
 MONITORING_DIR = REPO / "deploy" / "monitoring"
 PROMETHEUS_CONFIG = MONITORING_DIR / "prometheus.yml"
@@ -70,28 +70,12 @@ def _binary(name: str) -> str:
     return path
 
 
-def _wait_ready(url: str, process: subprocess.Popen, name: str, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
-            raise RuntimeError(f"{name} exited with code {process.returncode} before it was ready; {log}:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{name} was not ready at {url} within {timeout:.0f}s; see {log}")
-
-
 @contextmanager
 def _service(name: str, command: list[str], ready_url: str, log: Path) -> Iterator[None]:
     with log.open("a", encoding="utf-8") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         try:
-            _wait_ready(ready_url, process, name, log)
+            wait_until_ready(ready_url, process, name, log)
             yield
         finally:
             process.terminate()

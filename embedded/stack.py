@@ -18,6 +18,8 @@ import secrets
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +52,23 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) 
                 return
         time.sleep(0.2)
     raise RuntimeError(f"GCS emulator did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, name: str, log: Path, timeout: float = 60.0) -> None:
+    """Return once ``url`` answers 200; fail with the log's tail if ``process`` exits first, or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise RuntimeError(f"{name} exited with code {process.returncode} before it was ready; {log}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{name} was not ready at {url} within {timeout:.0f}s; see {log}")
 
 
 @dataclass(frozen=True)
