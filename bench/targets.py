@@ -126,6 +126,8 @@ def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     f"HNSW reaching it (M={hand['hnsw_m']}, efConstruction={hand['ef_construction']}, "
                     f"efSearch={hand['ef_search']})"
                 )
+                if "interleaved_rounds" in ours:  # older results.json: the sides ran one after the other
+                    measured += f"; medians of {ours['interleaved_rounds']} rounds, the sides timed in turn"
             else:
                 ratio = None
                 measured = f"{ours['qps']:,.0f} QPS at {reached}; no hand configuration tried reached that recall"
