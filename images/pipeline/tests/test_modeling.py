@@ -195,23 +195,57 @@ def test_fast_cv_matches_grid_search_cv_over_the_same_pipeline(clustered, c_grid
     assert max(reference.values()) - min(reference.values()) > 0.01
 
 
-def test_smote_in_the_search_sees_training_folds_only(clustered, monkeypatch) -> None:
+def test_smote_in_the_search_sees_training_folds_only_once_per_fold(clustered, monkeypatch) -> None:
     frame, spec = clustered
-    config = small_config(tune={"c_grid": [0.01, 0.1]})
-    seen_rows: list[int] = []
-    original = SMOTE.fit_resample
+    config = small_config(tune={"c_grid": [0.01, 0.1, 1.0]})
+    seen_labels: list[list[str]] = []
+    original = modeling.smote_interpolation
 
-    def recording_fit_resample(self, X, y, **params):
-        seen_rows.append(len(X))
-        return original(self, X, y, **params)
+    def recording_interpolation(smote, X, y):
+        seen_labels.append(list(y))
+        return original(smote, X, y)
 
-    monkeypatch.setattr(SMOTE, "fit_resample", recording_fit_resample)
+    monkeypatch.setattr(modeling, "smote_interpolation", recording_interpolation)
     inputs = modeling.model_inputs(frame, spec, "train.parquet", "test")
-    modeling.cross_validate_candidates(inputs, frame["label"].to_numpy(), spec, modeling.candidates(config), config)
+    labels = frame["label"].to_numpy()
+    modeling.cross_validate_candidates(inputs, labels, spec, modeling.candidates(config), config)
     folds = StratifiedKFold(config.tune.cv_folds, shuffle=True, random_state=config.seed)
-    training_fold_rows = [len(train) for train, _ in folds.split(inputs, frame["label"])]
-    # Once per fold (shared by all candidates), on the training fold's rows only.
-    assert seen_rows == training_fold_rows
+    # Once per fold, shared by all three candidates, on exactly that fold's training rows.
+    assert seen_labels == [list(labels[train]) for train, _ in folds.split(inputs, labels)]
+
+
+def test_smote_interpolation_reproduces_fit_resample(clustered) -> None:
+    frame, spec = clustered
+    rows = frame[spec["embedding_columns"]].to_numpy(dtype=np.float32)
+    labels = frame["label"].to_numpy()
+    smote = SMOTE(k_neighbors=5, random_state=7)
+    resampled, resampled_labels = smote.fit_resample(rows, labels)
+    weights, weight_labels = modeling.smote_interpolation(smote, rows, labels)
+    assert len(resampled) > len(rows)  # the classes are imbalanced: SMOTE adds rows
+    np.testing.assert_allclose(weights @ rows, resampled, atol=1e-5)
+    assert list(weight_labels) == list(resampled_labels)
+    assert weights.getnnz(axis=1).max() == 2  # each added row mixes two training rows
+
+
+def test_the_search_fits_what_logistic_regression_fits_on_the_resampled_fold(clustered) -> None:
+    frame, spec = clustered
+    config = small_config(tune={"c_grid": [0.01, 1.0], "tol": 1e-6, "max_iter": 1000})
+    inputs = modeling.model_inputs(frame, spec, "train.parquet", "test")
+    labels = frame["label"].to_numpy()
+    train, valid = next(StratifiedKFold(3, shuffle=True, random_state=0).split(inputs, labels))
+    reference = modeling.build_pipeline(spec, {}, config)
+    fold = modeling.prepare_fold(reference, inputs.iloc[train], labels[train], inputs.iloc[valid], labels[valid])
+    objective = modeling._ResampledMultinomialLoss(fold)
+    for cand in modeling.candidates(config):
+        outcome = modeling._walk_lbfgs([cand], config, fold)[cand["candidate_id"]]
+        solution = modeling.fit_resampled(objective, float(cand["params"]["clf__C"]), config)
+        plain = modeling._classifier(cand["params"], config).fit(fold.fitted().astype(np.float64), fold.fitted_labels)
+        weights, intercept = objective.unpack(solution.x)
+        np.testing.assert_allclose(weights.T, plain.coef_, atol=1e-3 * np.abs(plain.coef_).max())
+        np.testing.assert_allclose(intercept, plain.intercept_, atol=1e-3 * np.abs(plain.coef_).max())
+        predicted = objective.predict(solution.x, fold.validation_rows)
+        assert list(predicted) == list(plain.predict(fold.validation_rows))
+        assert outcome["n_iter"] == solution.nit > 0
 
 
 def test_search_refuses_classes_too_small_for_smote(clustered) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from modeling_runs import clustered_features, commit, featurized_run, small_config
 
@@ -42,6 +43,11 @@ def test_each_shard_writes_its_own_file_with_its_share_of_the_candidates(split_r
     best = max(shard_files[0]["results"], key=lambda r: r["mean_score"])
     assert first.xcom["best_score"] == best["mean_score"]
     assert first.xcom["total_lbfgs_iterations"] == sum(r["n_iter"] for r in shard_files[0]["results"])
+    # What a gradient pass covers: each fold's training rows after SMOTE, more than the fold had.
+    train_rows = len(pd.read_parquet(layout.train_split))
+    fold_rows = train_rows * (CONFIG.tune.cv_folds - 1) / CONFIG.tune.cv_folds
+    assert len(first.xcom["fitted_rows_per_fold"]) == CONFIG.tune.cv_folds
+    assert all(rows > fold_rows + 1 for rows in first.xcom["fitted_rows_per_fold"])
     assert "shard 0 of 2: 2 candidates" in first.summary
 
 

@@ -8,7 +8,10 @@ at predict time imbalanced-learn skips samplers.
 
 ``cross_validate_candidates`` computes what ``GridSearchCV`` over that pipeline
 computes, without refitting the same featurizer, scaler and SMOTE once per
-candidate and without starting every fit from zero weights.
+candidate, without starting every fit from zero weights, and without the
+gradient passes over SMOTE's synthetic rows that a plain fit makes: those rows
+are fixed mixtures of two training rows, so the passes run over the fold's own
+rows through SMOTE's interpolation weights (``smote_interpolation``).
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import time
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 from imblearn.over_sampling import SMOTE  # type: ignore[import-untyped]
 from imblearn.pipeline import Pipeline  # type: ignore[import-untyped]
+from scipy import optimize, sparse  # type: ignore[import-untyped]
 from sklearn.base import clone  # type: ignore[import-untyped]
 from sklearn.compose import ColumnTransformer  # type: ignore[import-untyped]
 from sklearn.exceptions import ConvergenceWarning  # type: ignore[import-untyped]
@@ -217,35 +222,183 @@ def shard_candidates(cands: Sequence[dict[str, Any]], shard: int, num_shards: in
 # --- the search ---------------------------------------------------------------------------------------------------
 
 
-def _prepared_fold(
-    reference: Pipeline, X_train: pd.DataFrame, y_train: np.ndarray, X_valid: pd.DataFrame
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fit features, scaler and SMOTE on the training fold, as the pipeline's fit would; transform the validation fold.
+def smote_interpolation(smote: SMOTE, X: np.ndarray, y: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """SMOTE's resampling of ``(X, y)`` as a matrix: ``weights @ X`` is, row for row, what ``fit_resample`` returns.
 
-    The validation fold is only transformed, never resampled: it stays the
-    rows a user would send.
+    Every row SMOTE adds is ``x_i + step * (x_nn - x_i)`` for a row ``x_i`` of
+    a minority class and one of its k nearest same-class neighbours ``x_nn``:
+    a fixed linear combination of two training rows. This runs imbalanced-learn's
+    own steps (sampling strategy, neighbour search, random draws, interpolation
+    rule) as ``SMOTE._fit_resample`` does, but hands the interpolation the
+    identity matrix instead of the rows, so what comes out is each added row's
+    two weights, not its 584 values. ``test_smote_interpolation_reproduces_fit_resample``
+    holds this equal to ``fit_resample``.
     """
+    sampler = clone(smote).fit(X, y)
+    sampler._validate_estimator()
+    blocks = [sparse.identity(len(y), format="csr", dtype=np.float64)]
+    labels = [np.asarray(y)]
+    for label, n_samples in sampler.sampling_strategy_.items():
+        if n_samples == 0:
+            continue
+        members = np.flatnonzero(y == label)
+        neighbours = sampler.nn_k_.fit(X[members]).kneighbors(X[members], return_distance=False)[:, 1:]
+        # Interpolating between rows of the identity gives the weights on those rows.
+        identity = sparse.identity(len(members), format="csr", dtype=np.float64)
+        within_class, added_labels = sampler._make_samples(identity, y.dtype, label, identity, neighbours, n_samples)
+        within_class = sparse.coo_matrix(within_class)
+        blocks.append(
+            sparse.csr_matrix(
+                (within_class.data, (within_class.row, members[within_class.col])), shape=(n_samples, len(y))
+            )
+        )
+        labels.append(added_labels)
+    return sparse.vstack(blocks, format="csr"), np.concatenate(labels)
+
+
+@dataclass(frozen=True)
+class PreparedFold:
+    """One CV fold, prepared once and shared by every candidate.
+
+    ``rows`` is the training fold after features and scaling (float32); the
+    classifier is fitted on ``resampling @ rows`` (SMOTE's output), labelled
+    ``fitted_labels``. The validation fold is only transformed, never
+    resampled: it stays the rows a user would send.
+    """
+
+    rows: np.ndarray
+    resampling: sparse.csr_matrix
+    fitted_labels: np.ndarray
+    validation_rows: np.ndarray
+    validation_labels: np.ndarray
+
+    @property
+    def fitted_rows(self) -> int:
+        return len(self.fitted_labels)
+
+    def fitted(self) -> np.ndarray:
+        """The fitted rows themselves, for solvers that need them in memory (saga)."""
+        return np.asarray(self.resampling @ self.rows, dtype=np.float32)
+
+
+def prepare_fold(
+    reference: Pipeline, X_train: pd.DataFrame, y_train: np.ndarray, X_valid: pd.DataFrame, y_valid: np.ndarray
+) -> PreparedFold:
+    """Fit features and scaler on the training fold as the pipeline's fit would, and SMOTE's resampling of it."""
     features = clone(reference.named_steps["features"])
     scaler = clone(reference.named_steps["scale"])
-    X_fit = scaler.fit_transform(features.fit_transform(X_train, y_train), y_train)
-    X_check = scaler.transform(features.transform(X_valid))
-    y_fit = y_train
+    rows = np.asarray(scaler.fit_transform(features.fit_transform(X_train, y_train), y_train), dtype=np.float32)
+    validation_rows = np.asarray(scaler.transform(features.transform(X_valid)), dtype=np.float32)
+    y_train = np.asarray(y_train)
     smote = reference.named_steps["smote"]
-    if smote != "passthrough":
-        X_fit, y_fit = clone(smote).fit_resample(X_fit, y_train)
-    return X_fit, np.asarray(y_fit), X_check
+    if smote == "passthrough":
+        resampling, fitted_labels = sparse.identity(len(y_train), format="csr", dtype=np.float64), y_train
+    else:
+        resampling, fitted_labels = smote_interpolation(smote, rows, y_train)
+    return PreparedFold(rows, resampling, fitted_labels, validation_rows, np.asarray(y_valid))
 
 
-def _walk_c_values(
-    walk: Sequence[dict[str, Any]],
-    config: PipelineConfig,
-    X_fit: np.ndarray,
-    y_fit: np.ndarray,
-    X_check: np.ndarray,
-    y_check: np.ndarray,
+class _ResampledMultinomialLoss:
+    """``LogisticRegression``'s lbfgs objective on a fold's fitted rows, computed through SMOTE's weights.
+
+    The objective is scikit-learn's for the multinomial model with an L2
+    penalty: the mean cross-entropy over the n fitted rows plus
+    ``||W||^2 / (2 C n)``, intercepts unpenalised. Its gradient passes need
+    ``fitted @ W`` and ``fitted.T @ G``; with ``fitted = R @ rows`` those are
+    ``R @ (rows @ W)`` and ``rows.T @ (R.T @ G)``, so the dense products run
+    over the fold's own rows (about a fifth of what SMOTE makes at this
+    imbalance) and only the two-nonzeros-per-row ``R`` touches the rest. The
+    products are float32, as the rows are; the optimiser keeps float64.
+    """
+
+    def __init__(self, fold: PreparedFold) -> None:
+        self.rows = fold.rows
+        self.resampling = fold.resampling
+        self.resampling_t = fold.resampling.T.tocsr()
+        self.classes, self.codes = np.unique(fold.fitted_labels, return_inverse=True)
+        self.fitted = len(self.codes)
+
+    @property
+    def size(self) -> int:
+        return (self.rows.shape[1] + 1) * len(self.classes)
+
+    def unpack(self, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        coef = packed.reshape(self.rows.shape[1] + 1, len(self.classes))
+        return coef[:-1], coef[-1]
+
+    def loss_gradient(self, packed: np.ndarray, l2_strength: float) -> tuple[float, np.ndarray]:
+        weights, intercept = self.unpack(packed)
+        # Classes x rows: the per-row reductions over 6 classes then run along contiguous memory.
+        raw = np.ascontiguousarray((self.resampling @ (self.rows @ weights.astype(np.float32))).T)
+        raw += intercept[:, None]
+        every_row = np.arange(self.fitted)
+        # A log-sum-exp by hand: its exponentials are the softmax's too (scipy's logsumexp would be a second pass).
+        shift = raw.max(axis=0)
+        pointwise = np.exp(raw - shift)
+        total = pointwise.sum(axis=0)
+        loss = float(np.mean(shift + np.log(total) - raw[self.codes, every_row]))
+        loss += 0.5 * l2_strength * float(np.sum(weights * weights))
+        # d loss / d raw: softmax minus the one-hot labels, over the mean's n.
+        pointwise /= total
+        pointwise[self.codes, every_row] -= 1.0
+        pointwise /= self.fitted
+        grad_weights = self.rows.T @ (self.resampling_t @ pointwise.T).astype(np.float32) + l2_strength * weights
+        return loss, np.vstack([grad_weights, pointwise.sum(axis=1)]).ravel()
+
+    def predict(self, packed: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        weights, intercept = self.unpack(packed)
+        return self.classes[np.argmax(rows @ weights.astype(np.float32) + intercept, axis=1)]
+
+
+def fit_resampled(
+    objective: _ResampledMultinomialLoss, c: float, config: PipelineConfig, start: np.ndarray | None = None
+) -> optimize.OptimizeResult:
+    """Minimise ``objective`` at ``C=c`` from ``start`` (zero weights if None), as ``LogisticRegression`` does.
+
+    The solver call is scikit-learn's lbfgs call (``_logistic_regression_path``):
+    scipy's L-BFGS-B with ``gtol=tol``, ``ftol=64*eps``, ``maxls=50``, ``maxiter=max_iter``.
+    """
+    return optimize.minimize(
+        objective.loss_gradient,
+        np.zeros(objective.size) if start is None else start,
+        args=(1.0 / (c * objective.fitted),),
+        method="L-BFGS-B",
+        jac=True,
+        options={
+            "maxiter": config.tune.max_iter,
+            "maxls": 50,
+            "gtol": config.tune.tol,
+            "ftol": 64 * np.finfo(float).eps,
+        },
+    )
+
+
+def _walk_lbfgs(
+    walk: Sequence[dict[str, Any]], config: PipelineConfig, fold: PreparedFold
 ) -> dict[str, dict[str, Any]]:
-    """Fit one fold's candidates of one l1_ratio in increasing C, each fit starting from the previous optimum."""
+    """Pure-L2 candidates of one fold in increasing C, each fit starting from the previous optimum."""
+    objective = _ResampledMultinomialLoss(fold)
+    packed: np.ndarray | None = None
+    outcomes: dict[str, dict[str, Any]] = {}
+    for cand in walk:
+        started = time.perf_counter()
+        solution = fit_resampled(objective, float(cand["params"]["clf__C"]), config, packed)
+        seconds = time.perf_counter() - started
+        packed = solution.x
+        predicted = objective.predict(solution.x, fold.validation_rows)
+        outcomes[cand["candidate_id"]] = {
+            "score": float(f1_score(fold.validation_labels, predicted, average="macro", zero_division=0.0)),
+            "n_iter": int(solution.nit),
+            "converged": bool(solution.nit < config.tune.max_iter),
+            "seconds": seconds,
+        }
+    return outcomes
+
+
+def _walk_saga(walk: Sequence[dict[str, Any]], config: PipelineConfig, fold: PreparedFold) -> dict[str, dict[str, Any]]:
+    """Candidates with an L1 share: scikit-learn's saga, warm-started in increasing C, on the fitted rows in memory."""
     classifier = _classifier(walk[0]["params"], config).set_params(warm_start=True)
+    fitted = fold.fitted()
     outcomes: dict[str, dict[str, Any]] = {}
     for cand in walk:
         classifier.set_params(C=float(cand["params"]["clf__C"]))
@@ -253,11 +406,11 @@ def _walk_c_values(
         with warnings.catch_warnings():
             # Counted by the caller and reported once, instead of one warning per fit.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            classifier.fit(X_fit, y_fit)
+            classifier.fit(fitted, fold.fitted_labels)
         seconds = time.perf_counter() - started
-        predicted = classifier.predict(X_check)
+        predicted = classifier.predict(fold.validation_rows)
         outcomes[cand["candidate_id"]] = {
-            "score": float(f1_score(y_check, predicted, average="macro", zero_division=0.0)),
+            "score": float(f1_score(fold.validation_labels, predicted, average="macro", zero_division=0.0)),
             "n_iter": lbfgs_iterations(classifier),
             "converged": bool(np.max(classifier.n_iter_) < config.tune.max_iter),
             "seconds": seconds,
@@ -271,10 +424,13 @@ def cross_validate_candidates(
     """Mean macro-F1 over stratified CV folds for each candidate, as ``GridSearchCV`` over ``build_pipeline`` gives.
 
     Per fold the featurizer, scaler and SMOTE are fitted once on the training
-    fold and their output is shared by every candidate. Per l1_ratio, one
-    warm-started classifier walks the C values upwards: each fit starts from
-    the previous, more regularised optimum, which is close, so it converges in
-    few iterations. The optimum only moves within ``tune.tol``.
+    fold (``prepare_fold``) and shared by every candidate. Per l1_ratio, the
+    C values are walked upwards, each fit starting from the previous, more
+    regularised optimum, which is close, so it converges in few iterations.
+    Pure-L2 candidates (lbfgs) fit SMOTE's rows through its interpolation
+    weights (``_ResampledMultinomialLoss``): the same objective and solver as
+    ``LogisticRegression`` on the resampled fold, at the cost of the fold's
+    own rows.
     """
     if not cands:
         return []
@@ -293,22 +449,26 @@ def cross_validate_candidates(
     ]
 
     per_fold: list[dict[str, dict[str, Any]]] = []
+    fitted_rows: list[int] = []
     folds = StratifiedKFold(n_splits=config.tune.cv_folds, shuffle=True, random_state=config.seed)
     with solver_threads(config):
-        for fold, (train_index, valid_index) in enumerate(folds.split(np.zeros(len(labels)), labels)):
-            check_resampling_possible(labels[train_index], config, f"tune: CV training fold {fold}")
-            X_train, X_valid = X.iloc[train_index], X.iloc[valid_index]
-            X_fit, y_fit, X_check = _prepared_fold(reference, X_train, labels[train_index], X_valid)
+        for fold_number, (train_index, valid_index) in enumerate(folds.split(np.zeros(len(labels)), labels)):
+            check_resampling_possible(labels[train_index], config, f"tune: CV training fold {fold_number}")
+            fold = prepare_fold(
+                reference, X.iloc[train_index], labels[train_index], X.iloc[valid_index], labels[valid_index]
+            )
             log.info(
                 "fold %d: %d training rows (%d after resampling), %d validation rows",
-                fold,
+                fold_number,
                 len(train_index),
-                len(y_fit),
+                fold.fitted_rows,
                 len(valid_index),
             )
+            fitted_rows.append(fold.fitted_rows)
             fold_outcomes: dict[str, dict[str, Any]] = {}
             for walk in walks:
-                fold_outcomes |= _walk_c_values(walk, config, X_fit, y_fit, X_check, labels[valid_index])
+                pure_l2 = float(walk[0]["params"]["clf__l1_ratio"]) == 0.0
+                fold_outcomes |= (_walk_lbfgs if pure_l2 else _walk_saga)(walk, config, fold)
             per_fold.append(fold_outcomes)
 
     results = []
@@ -323,6 +483,9 @@ def cross_validate_candidates(
                 "std_score": float(np.std(scores)),
                 "fold_scores": scores,
                 "n_iter": sum(o["n_iter"] for o in outcomes),
+                "fold_n_iter": [o["n_iter"] for o in outcomes],
+                # The rows each fold's classifier was fitted on (after SMOTE): what a gradient pass covers.
+                "fold_fitted_rows": fitted_rows,
                 "converged": all(o["converged"] for o in outcomes),
                 "fit_seconds": round(sum(o["seconds"] for o in outcomes), 4),
             }

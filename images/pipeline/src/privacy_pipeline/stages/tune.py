@@ -84,6 +84,8 @@ def run(*, config: PipelineConfig, run_uri: str, shard: int = 0, num_shards: int
             "best_score": best["mean_score"] if best else None,
             "shard_uri": shard_uri,
             "total_lbfgs_iterations": iterations,
+            # Rows each fold's classifier was fitted on (after SMOTE): what one gradient pass covers.
+            "fitted_rows_per_fold": results[0]["fold_fitted_rows"] if results else [],
             "seconds": seconds,
         },
         commit_uri=None,
