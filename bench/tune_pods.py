@@ -5,7 +5,7 @@
 The measured tree is this launcher plus the shard processes, so it imports
 nothing beyond the standard library: its own few MiB and milliseconds are
 all it adds to our side's numbers. Prints one JSON line: the slowest shard's
-search seconds and the lbfgs iterations of all shards together.
+search seconds, the lbfgs iterations of all shards together and the rows each CV fold fitted.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def main() -> None:
         "search_seconds": max(s["seconds"] for s in shards),
         "total_lbfgs_iterations": sum(s["total_lbfgs_iterations"] for s in shards),
         "candidates": sum(s["candidates"] for s in shards),
+        # Every shard cross-validates on the same folds: shard 0's rows per fold stand for all.
+        "fitted_rows_per_fold": shards[0].get("fitted_rows_per_fold", []),
     }
     print(json.dumps(summary), flush=True)
 

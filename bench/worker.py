@@ -17,7 +17,6 @@ import os
 import sys
 import time
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -277,13 +276,16 @@ def _pass_seconds(rows: int, dim: int, columns: int, threads: int, repeats: int)
 
 
 def floor(args: argparse.Namespace) -> None:
-    """Seconds per gradient pass at the training split's size, and at the size lbfgs really iterates over.
+    """Seconds per gradient pass over the rows the search fits, and over the training split as first counted.
 
-    The literal floor (the issue's): ``X.T @ (X @ w)`` over the training
-    split, one weight vector. What our search's lbfgs multiplies instead is
-    the SMOTE-resampled CV training fold with one weight column per class;
-    that pass is timed too. Each at 1 and at all cores' BLAS threads; the
-    faster one counts.
+    Each lbfgs iteration of a plain fit multiplies the rows it fits: a CV
+    training fold after SMOTE (``--fitted-rows``, as tune reports them), one
+    weight column per class, ``X.T @ (X @ W)``. That pass is the floor's unit.
+    Two others are timed beside it: the literal one the floor first counted
+    (the training split, one weight vector), and the fold's own rows with a
+    column per class, which is the dense part of our search's pass (it reaches
+    SMOTE's rows through their interpolation weights). Each at 1 and at all
+    cores' BLAS threads; the faster one counts.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -292,22 +294,22 @@ def floor(args: argparse.Namespace) -> None:
     dim = sum(1 for c in pd.read_parquet(args.train).columns if c.startswith("emb_"))
     folds = StratifiedKFold(n_splits=config.tune.cv_folds, shuffle=True, random_state=config.seed)
     train_index, _ = next(folds.split(np.zeros(len(labels)), labels))
-    fold_counts = Counter(labels[train_index].tolist())
-    # SMOTE's default strategy raises every class to the majority class's count.
-    resampled_rows = max(fold_counts.values()) * len(fold_counts)
-    cores = os.cpu_count() or 1
-    literal = min(_pass_seconds(len(labels), dim, 1, threads, args.repeats) for threads in sorted({1, cores}))
-    resampled = min(
-        _pass_seconds(resampled_rows, dim, len(fold_counts), threads, args.repeats) for threads in sorted({1, cores})
-    )
+    classes = len(set(labels.tolist()))
+    cores = sorted({1, os.cpu_count() or 1})
+
+    def fastest(rows: int, columns: int) -> float:
+        return min(_pass_seconds(rows, dim, columns, threads, args.repeats) for threads in cores)
+
     _report(
         {
             "train_rows": len(labels),
             "dim": dim,
-            "pass_seconds": literal,
-            "resampled_fold_rows": resampled_rows,
-            "classes": len(fold_counts),
-            "resampled_pass_seconds": resampled,
+            "classes": classes,
+            "pass_seconds": fastest(len(labels), 1),
+            "fitted_rows": args.fitted_rows,
+            "resampled_pass_seconds": fastest(args.fitted_rows, classes),
+            "fold_rows": len(train_index),
+            "fold_pass_seconds": fastest(len(train_index), classes),
         }
     )
 
@@ -499,6 +501,9 @@ def main(argv: list[str] | None = None) -> None:
 
     floor_side = sides.add_parser("floor", help="seconds per gradient pass")
     floor_side.add_argument("--train", required=True)
+    floor_side.add_argument(
+        "--fitted-rows", type=int, required=True, help="rows per CV fold after SMOTE, as tune reports them"
+    )
     floor_side.add_argument("--repeats", type=int, default=7)
     floor_side.set_defaults(handler=floor)
 
