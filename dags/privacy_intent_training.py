@@ -72,7 +72,7 @@ from airflow.sdk import DAG, Param, task
 
 from privacy_pipeline_airflow import assets, notifications, run_templates
 from privacy_pipeline_airflow.settings import get_settings
-from privacy_pipeline_airflow.stage_pod import StagePodOperator, stage_arguments, stage_pod, stage_pod_kwargs
+from privacy_pipeline_airflow.stage_pod import StagePodOperator, deferred_stage_pod_kwargs, stage_arguments, stage_pod
 
 settings = get_settings()
 RUN = run_templates.run_uri(settings)
@@ -145,7 +145,7 @@ with DAG(
         ]
 
     tune_shards = plan_tune_shards(RUN, "{{ params.num_shards }}", RUN_CONFIG)
-    tune = StagePodOperator.partial(task_id="tune", **stage_pod_kwargs("tune")).expand(arguments=tune_shards)
+    tune = StagePodOperator.partial(task_id="tune", **deferred_stage_pod_kwargs("tune")).expand(arguments=tune_shards)
 
     select_best = stage_pod("select", "--run", RUN, task_id="select_best", config_overrides=RUN_CONFIG)
     train = stage_pod("train", "--run", RUN, config_overrides=RUN_CONFIG)

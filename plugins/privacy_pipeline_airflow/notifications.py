@@ -21,12 +21,11 @@ logical date (02:00 UTC) mails the same people, from the triggerer.
 
 from __future__ import annotations
 
-import copy
+import importlib
 import logging
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
 from privacy_pipeline_airflow.settings import PipelineSettings, get_settings
@@ -110,21 +109,40 @@ def _recorded_failure(context: Any) -> PodFailure | None:
 
 
 class _NamesTheFailure:
-    """Puts ``failure`` (reason, message) into the context, then renders a fresh copy of the notifier.
+    """A provider's notifier, made when a task fails: puts ``failure`` (reason, message) into the context first.
 
-    Rendering replaces a notifier's template fields with their values, and one
-    instance serves every task of a DAG (default_args), so each failure renders
-    its own copy.
+    A DAG file holds only the notifier's arguments: the provider's module (the
+    SMTP one loads aiosmtplib and the email package) is imported when a failure
+    is sent, not on every parse of every DAG file. Rendering replaces a
+    notifier's template fields with their values, and one instance of this
+    serves every task of a DAG (default_args), so each failure renders a
+    notifier of its own.
     """
+
+    # "module.Class" of the provider's notifier.
+    notifier: ClassVar[str]
+
+    def __init__(self, **notifier_kwargs: Any) -> None:
+        self.notifier_kwargs = notifier_kwargs
 
     def __call__(self, *args: Any) -> None:
         if len(args) == 1:
             args[0]["failure"] = failure_reason(args[0])
-        super(_NamesTheFailure, copy.copy(self)).__call__(*args)  # type: ignore[misc]
+        module, _, name = self.notifier.rpartition(".")
+        notifier = getattr(importlib.import_module(module), name)(**self.notifier_kwargs)
+        notifier(*args)
 
 
-class StageFailureMail(_NamesTheFailure, SmtpNotifier):
+class StageFailureMail(_NamesTheFailure):
     """The SMTP provider's notifier with the failure's reason in its context."""
+
+    notifier = "airflow.providers.smtp.notifications.smtp.SmtpNotifier"
+
+
+class StageFailureSlack(_NamesTheFailure):
+    """The Slack provider's notifier with the failure's reason in its context."""
+
+    notifier = "airflow.providers.slack.notifications.slack.SlackNotifier"
 
 
 def failure_notifiers(settings: PipelineSettings | None = None) -> list[Any]:
@@ -141,12 +159,6 @@ def failure_notifiers(settings: PipelineSettings | None = None) -> list[Any]:
             )
         )
     if settings.slack_conn_id:
-        # Imported only when asked for: DAG files parse without touching slack_sdk otherwise.
-        from airflow.providers.slack.notifications.slack import SlackNotifier
-
-        class StageFailureSlack(_NamesTheFailure, SlackNotifier):
-            """The Slack provider's notifier with the failure's reason in its context."""
-
         notifiers.append(
             StageFailureSlack(
                 slack_conn_id=settings.slack_conn_id, channel=settings.slack_channel, text=FAILURE_SLACK_TEXT
@@ -188,6 +200,8 @@ async def training_deadline_missed(
         log.info("Deadline missed by a %s run; alerts are for scheduled runs only", run_type)
         return
     if to:
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
         await SmtpNotifier(
             to=to, subject=DEADLINE_SUBJECT, html_content=DEADLINE_BODY, smtp_conn_id=smtp_conn_id, context=context
         )

@@ -1,20 +1,27 @@
 """Typed settings of the Airflow side: image, namespace, bucket, pod runtime, resources per stage.
 
-Read once from ``PIPELINE_*`` environment variables (set by the Helm values in
-production and by ``make demo`` locally), so DAG parsing never touches the
-metadata database. Nested values use ``__``:
-``PIPELINE_RESOURCES__FEATURIZE__MEMORY_LIMIT=8Gi``. An unknown or malformed
-value fails DAG import with the variable's name.
+Read once per process from ``PIPELINE_*`` environment variables (set by the Helm
+values in production and by ``make demo`` locally), so DAG parsing never touches
+the metadata database. Nested values use ``__``:
+``PIPELINE_RESOURCES__FEATURIZE__MEMORY_LIMIT=8Gi``; a JSON object sets a whole
+mapping (``PIPELINE_FEATURIZE_GPU='{"enabled": true}'``). A malformed value, or an
+unknown key under a known one, fails DAG import naming the setting.
+
+The variables are read here rather than by pydantic-settings: its import (with
+python-dotenv and its cloud secret sources) cost every DAG parse tens of
+milliseconds for the dozen lines below (bench/dag_parse.py).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Bucket names per GCS's naming rules (lowercase, digits, -, _, .; 3-63 chars).
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
@@ -76,8 +83,12 @@ class GpuSettings(BaseModel):
     toleration_key: str = "nvidia.com/gpu"
 
 
-class PipelineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PIPELINE_", env_nested_delimiter="__", extra="forbid", frozen=True)
+ENV_PREFIX = "PIPELINE_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class PipelineSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     image: str = "privacy-intent-pipeline:0.1.0"
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
@@ -160,6 +171,11 @@ class PipelineSettings(BaseSettings):
             raise ValueError(f"unknown stage(s) {unknown}; stages are {sorted(defaults)}")
         return {**defaults, **value}
 
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> PipelineSettings:
+        """The settings the ``PIPELINE_*`` variables of ``environ`` (default: this process's) give."""
+        return cls.model_validate(environ_values(os.environ if environ is None else environ))
+
     def resources_for(self, stage: str) -> StageResources:
         return self.resources.get(stage, StageResources())
 
@@ -167,6 +183,28 @@ class PipelineSettings(BaseSettings):
         return "gs://" + "/".join([self.bucket, *(p.strip("/") for p in parts if p)])
 
 
+def environ_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``PIPELINE_*`` variables of ``environ`` as the (nested) values PipelineSettings validates.
+
+    Names are case-insensitive; ``__`` descends a level. Variables whose first
+    part names no setting are other programs' (the stage pods' ``PIPELINE_DAG_ID``,
+    the demo's ``PIPELINE_LOG_LEVEL``) and are left alone.
+    """
+    values: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        *parents, leaf = name[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER)
+        if (parents[0] if parents else leaf) not in PipelineSettings.model_fields:
+            continue
+        node = values
+        for key in parents:
+            node = node.setdefault(key, {})
+        # No setting is a string starting with "{": such a value is a mapping (resources, a node selector).
+        node[leaf] = json.loads(value) if value.lstrip().startswith("{") else value
+    return values
+
+
 @functools.cache
 def get_settings() -> PipelineSettings:
-    return PipelineSettings()
+    return PipelineSettings.from_environ()

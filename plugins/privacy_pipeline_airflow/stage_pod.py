@@ -11,6 +11,14 @@ active deadlines, logs streamed to the task log and the XCom JSON pushed.
 
 ``PIPELINE_POD_RUNTIME`` picks who runs the rendered pod: the cluster
 (``kubernetes``) or this machine (``local``, ``image``; see local_runtime.py).
+
+A DAG file's task holds only the stage's name and plain values; its
+``k8s.V1…`` objects (volumes, env, resources, security contexts) are built
+from the settings when the pod is, at rendering, a dry run or execute. Each
+model object costs about a millisecond to construct (the Kubernetes client copies its
+default configuration into every one), some twenty per task, and the
+dag-processor parses every DAG file again and again; KubernetesPodOperator
+only reads them when it builds the pod.
 """
 
 from __future__ import annotations
@@ -26,7 +34,6 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.sdk import BaseOperatorLink
 from kubernetes.client import models as k8s
 
-from privacy_pipeline_airflow import pod_failures
 from privacy_pipeline_airflow.pod_contract import (
     GCP_CREDENTIALS_MOUNT,
     IMAGE_UID,
@@ -42,23 +49,6 @@ PSEUDONYMISING_STAGES = frozenset({"conversations-validate"})
 # The stages that mirror registry moves to MLflow (register; rollback and canary-check move the champion alias).
 TRACKING_STAGES = frozenset({"register", "rollback", "canary-check"})
 PSEUDONYM_KEY_MOUNT = "/var/run/secrets/pseudonym"
-
-RESTRICTED_CONTAINER_SECURITY = k8s.V1SecurityContext(
-    allow_privilege_escalation=False,
-    capabilities=k8s.V1Capabilities(drop=["ALL"]),
-    read_only_root_filesystem=True,
-    run_as_non_root=True,
-    run_as_user=IMAGE_UID,
-    run_as_group=IMAGE_UID,
-    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-)
-RESTRICTED_POD_SECURITY = k8s.V1PodSecurityContext(
-    run_as_non_root=True,
-    run_as_user=IMAGE_UID,
-    run_as_group=IMAGE_UID,
-    fs_group=IMAGE_UID,
-    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-)
 
 
 class RunReportLink(BaseOperatorLink):
@@ -101,6 +91,32 @@ class StagePodOperator(KubernetesPodOperator):
 
     operator_extra_links = (RunReportLink(),)
 
+    def __init__(self, *, stage: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # Given (by stage_pod and deferred_stage_pod_kwargs): the stage's pod objects are still to be built.
+        self.stage = stage
+
+    def _build_pod_objects(self) -> None:
+        """Give the task its stage's ``k8s.V1…`` objects from the settings, once, before anything reads them."""
+        if self.stage is None:
+            return
+        objects = pod_objects(self.stage, get_settings())
+        self.stage = None
+        for name, value in objects.items():
+            setattr(self, name, value)
+
+    def _do_render_template_fields(
+        self, parent: Any, template_fields: Any, context: Any, jinja_env: Any, seen_oids: set[int]
+    ) -> None:
+        # The hook every rendering passes through, a mapped task's shards included (they skip render_template_fields).
+        if parent is self:
+            self._build_pod_objects()
+        super()._do_render_template_fields(parent, template_fields, context, jinja_env, seen_oids)
+
+    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> k8s.V1Pod:
+        self._build_pod_objects()
+        return super().build_pod_request_obj(context, dry_run=dry_run)
+
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         # Rendering edits each V1EnvVar in place, and a mapped task's shards share their partial kwargs' objects:
         # where shards render in one process (`airflow dags test`) the first would fix every shard's map index.
@@ -109,6 +125,7 @@ class StagePodOperator(KubernetesPodOperator):
 
     def execute(self, context: Any) -> Any:
         settings = get_settings()
+        self._build_pod_objects()
         self._grow_memory_after_oom(context, settings)
         try:
             if settings.pod_runtime == "kubernetes":
@@ -122,11 +139,15 @@ class StagePodOperator(KubernetesPodOperator):
             raise
 
     def _task_key(self, context: Any) -> tuple[str | None, str, int]:
+        from privacy_pipeline_airflow import pod_failures
+
         ti = context["ti"]
         map_index = ti.map_index if ti.map_index is not None else -1
         return pod_failures.run_uri_of(self.arguments), ti.task_id, map_index
 
     def _grow_memory_after_oom(self, context: Any, settings: PipelineSettings) -> None:
+        from privacy_pipeline_airflow import pod_failures
+
         run_uri, task_id, map_index = self._task_key(context)
         if run_uri is None or context["ti"].try_number <= 1:
             return
@@ -147,6 +168,9 @@ class StagePodOperator(KubernetesPodOperator):
         self.container_resources.limits["memory"] = grown
 
     def _record_failure(self, context: Any, settings: PipelineSettings, exc: Exception) -> None:
+        # pod_failures (the Kubernetes client's quantity parser, GCS) matters once a pod has run, not at parse time.
+        from privacy_pipeline_airflow import pod_failures
+
         run_uri, task_id, map_index = self._task_key(context)
         reason, message = getattr(exc, "reason", None), getattr(exc, "message", str(exc))
         if reason is None:
@@ -251,11 +275,53 @@ def _placement(settings: PipelineSettings, stage: str) -> dict[str, Any]:
     }
 
 
-def stage_pod_kwargs(stage: str, settings: PipelineSettings | None = None) -> dict[str, Any]:
-    """Everything about a stage's pod except its arguments (shared by single and mapped tasks)."""
-    settings = settings or get_settings()
+def _restricted_container_security() -> k8s.V1SecurityContext:
+    return k8s.V1SecurityContext(
+        allow_privilege_escalation=False,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        run_as_user=IMAGE_UID,
+        run_as_group=IMAGE_UID,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def pod_objects(stage: str, settings: PipelineSettings) -> dict[str, Any]:
+    """The stage pod's ``k8s.V1…`` objects, as StagePodOperator attributes: built when the pod is, never at parse."""
     volumes, mounts = _volumes(settings, stage)
     env, env_from = _env(settings, stage)
+    return {
+        "container_resources": _resources(settings, stage),
+        "volumes": volumes,
+        "volume_mounts": mounts,
+        "env_vars": env,
+        "env_from": env_from,
+        "security_context": k8s.V1PodSecurityContext(
+            run_as_non_root=True,
+            run_as_user=IMAGE_UID,
+            run_as_group=IMAGE_UID,
+            fs_group=IMAGE_UID,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+        ),
+        "container_security_context": _restricted_container_security(),
+        "xcom_sidecar_container_security_context": _restricted_container_security(),
+        **_placement(settings, stage),
+    }
+
+
+def stage_pod_kwargs(stage: str, settings: PipelineSettings | None = None) -> dict[str, Any]:
+    """Everything about a stage's pod except its arguments, pod objects built now (for a pod built outside a DAG)."""
+    settings = settings or get_settings()
+    return {**_plain_pod_kwargs(stage, settings), **pod_objects(stage, settings)}
+
+
+def deferred_stage_pod_kwargs(stage: str) -> dict[str, Any]:
+    """What a DAG file's stage task gets (single or mapped): plain values; the operator builds the pod objects."""
+    return {**_plain_pod_kwargs(stage, get_settings()), "stage": stage}
+
+
+def _plain_pod_kwargs(stage: str, settings: PipelineSettings) -> dict[str, Any]:
     return {
         "name": f"privacy-{stage}",
         "namespace": settings.namespace,
@@ -271,14 +337,6 @@ def stage_pod_kwargs(stage: str, settings: PipelineSettings | None = None) -> di
             "app.kubernetes.io/component": stage,
             "app.kubernetes.io/part-of": "privacy-intent",
         },
-        "container_resources": _resources(settings, stage),
-        "volumes": volumes,
-        "volume_mounts": mounts,
-        "env_vars": env,
-        "env_from": env_from,
-        "security_context": RESTRICTED_POD_SECURITY,
-        "container_security_context": RESTRICTED_CONTAINER_SECURITY,
-        "xcom_sidecar_container_security_context": RESTRICTED_CONTAINER_SECURITY,
         "do_xcom_push": True,
         "get_logs": True,
         "log_events_on_failure": True,
@@ -291,7 +349,6 @@ def stage_pod_kwargs(stage: str, settings: PipelineSettings | None = None) -> di
         "retry_delay": timedelta(seconds=settings.retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(seconds=settings.max_retry_delay_seconds),
-        **_placement(settings, stage),
     }
 
 
@@ -321,6 +378,6 @@ def stage_pod(
     return StagePodOperator(
         task_id=task_id or stage,
         arguments=stage_arguments(stage, *stage_args, config_overrides=config_overrides),
-        **stage_pod_kwargs(stage),
+        **deferred_stage_pod_kwargs(stage),
         **task_kwargs,
     )

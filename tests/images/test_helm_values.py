@@ -173,7 +173,7 @@ def test_the_pipeline_env_builds_valid_settings(values, monkeypatch) -> None:
         if name.startswith("PIPELINE_"):
             monkeypatch.setenv(name, value)
 
-    settings = PipelineSettings()
+    settings = PipelineSettings.from_environ()
 
     assert settings.pod_runtime == "kubernetes"
     assert settings.image.endswith("/privacy-intent-pipeline:0.1.0")
