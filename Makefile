@@ -71,7 +71,10 @@ TEST_PREREQUISITES := setup postgres checkov serving-env chromium monitoring mlf
 TEST_TIERS := lint stage-package serving dags-plugins e2e system images
 TEST_STARTED := $(shell date +%s)
 AIRFLOW_PYTEST := PATH="$(CURDIR)/$(PIPELINE_BIN):$$PATH" $(AIRFLOW_BIN)/pytest -q
-test: $(TEST_PREREQUISITES)
+# The prerequisites install side by side (uv's cache is safe to share; the apt-get runs take turns, see
+# apt_install), so a fresh machine waits for the slowest one rather than for their sum.
+test:
+	@$(MAKE) --no-print-directory --jobs=$(words $(TEST_PREREQUISITES)) --output-sync=target $(TEST_PREREQUISITES)
 	@MAKE="$(MAKE)" bash tests/tiers.sh $(TEST_STARTED) $(TEST_TIERS)
 
 .PHONY: test-lint test-stage-package test-serving test-dags-plugins test-e2e test-system test-images
@@ -120,22 +123,32 @@ serve: setup serving-env
 serving-env: $(SERVING_VENV)/.installed
 
 # pyproject.toml's pins with requirements-serving.txt's replacing those of the same name, then the stage
-# package itself without its metadata's pins (which name pandas 3).
-$(SERVING_VENV)/.installed: images/pipeline/pyproject.toml images/pipeline/requirements-serving.txt \
-		images/pipeline/requirements-serving-test.txt images/pipeline/serving_requirements.py
+# package itself without its metadata's pins (which name pandas 3). The package's editable build writes its
+# egg-info into images/pipeline/src, so it waits for the stage venv's build of the same tree.
+$(SERVING_VENV)/.installed: $(SERVING_VENV)/.dependencies | $(PIPELINE_VENV)/.installed
+	$(UV_PIP_INSTALL) --python $(SERVING_BIN)/python --no-deps -e images/pipeline
+	touch $@
+
+$(SERVING_VENV)/.dependencies: images/pipeline/pyproject.toml images/pipeline/requirements-serving.txt \
+		images/pipeline/requirements-serving-test.txt images/pipeline/serving_requirements.py | $(UV_VENV)/.installed
 	$(PYTHON) -m venv $(SERVING_VENV)
 	$(PYTHON) images/pipeline/serving_requirements.py > $(SERVING_VENV)/requirements.txt
 	$(UV_PIP_INSTALL) --python $(SERVING_BIN)/python -r $(SERVING_VENV)/requirements.txt
-	$(UV_PIP_INSTALL) --python $(SERVING_BIN)/python --no-deps -e images/pipeline
 	touch $@
+
+# apt-get update and install of the given packages (and flags), one caller at a time: `make test` runs the
+# prerequisites side by side, and apt 2.6's `apt-get update` fails at once on a held lists lock
+# (DPkg::Lock::Timeout makes only the install wait, for dpkg's lock), so the update + install pairs take
+# turns on a lock file of ours.
+apt_install = flock --wait 1800 /run/lock/privacy-pipeline-apt.lock sh -c 'apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $(1) >/dev/null'
 
 # Debian's Prometheus (with promtool) and Pushgateway: `make airflow` and `make demo` start both on 127.0.0.1
 # (embedded/monitoring.py); the alert rules' tests run promtool.
 .PHONY: monitoring
 monitoring:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
-			--no-install-recommends prometheus prometheus-pushgateway >/dev/null)
+		$(call apt_install,--no-install-recommends prometheus prometheus-pushgateway)
 
 MLFLOW_VENV := $(VENV)/mlflow
 
@@ -151,9 +164,7 @@ $(MLFLOW_VENV)/.installed: embedded/requirements-mlflow.txt | $(UV_VENV)/.instal
 # Debian's chromium and its WebDriver, for the try-it page's browser test.
 .PHONY: chromium
 chromium:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
-			chromium chromium-driver >/dev/null)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(call apt_install,chromium chromium-driver)
 
 ## airflow: start a local Airflow 3 (api-server + web UI, scheduler, dag-processor, triggerer) on 127.0.0.1:8080 with PostgreSQL; Ctrl-C stops it
 .PHONY: airflow
@@ -163,8 +174,7 @@ airflow: setup postgres monitoring mlflow-env
 # PostgreSQL from Debian's packages, the metadata database of `make airflow` and the system tests.
 .PHONY: postgres
 postgres:
-	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || $(call apt_install,postgresql)
 
 ## image: build the stage image with buildah on a debootstrap-made Debian base (as root), run stages in it as uid 10001, print its size
 .PHONY: image
