@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +81,13 @@ def _read(uri: str, gcp_conn_id: str) -> list[dict[str, Any]]:
 
 
 def _write(uri: str, records: list[dict[str, Any]], gcp_conn_id: str) -> None:
+    """Replace the record atomically: the Airflow side's only write to a run (the stages write theirs).
+
+    The same idea as the stage package's ``storage.write_bytes``, which the
+    plugin may not import (imports go one way: tests/plugins/test_import_graph.py):
+    one single-request upload through the Airflow connection on GCS, a synced
+    temp file renamed over the record locally.
+    """
     data = json.dumps(records, indent=2)
     if uri.startswith("gs://"):
         from airflow.providers.google.cloud.hooks.gcs import GCSHook
@@ -88,9 +97,17 @@ def _write(uri: str, records: list[dict[str, Any]], gcp_conn_id: str) -> None:
         return
     path = Path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(data, encoding="utf-8")
-    tmp.replace(path)
+    # A name of its own: two tries of one task (a zombie and its retry) must not share a temp file.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def previous_failures(run_uri: str, task_id: str, map_index: int, gcp_conn_id: str) -> list[PodFailure]:

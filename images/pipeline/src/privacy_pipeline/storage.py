@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import tempfile
-import uuid
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -151,7 +151,14 @@ def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-st
         _commit_point(uri)
         _blob(uri).upload_from_string(data, content_type=content_type)
         return
-    path = _local_path(uri)
+    _replace_file(uri, _local_path(uri), data)
+
+
+def _replace_file(uri: str, path: Path, data: bytes, mtime_ns: int | None = None) -> None:
+    """The one local commit: ``data`` synced to a temp file beside ``path``, then ``os.replace`` over it.
+
+    ``mtime_ns`` stamps the temp file before the rename (the generation compare_and_swap hands out).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -159,6 +166,8 @@ def write_bytes(uri: str, data: bytes, content_type: str = "application/octet-st
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if mtime_ns is not None:
+            os.utime(tmp_name, ns=(mtime_ns, mtime_ns))
         _commit_point(uri)
         os.replace(tmp_name, path)
     except BaseException:
@@ -283,14 +292,10 @@ def compare_and_swap(uri: str, data: bytes, expected_generation: int) -> int:
             current = path.stat().st_mtime_ns if path.exists() else 0
             if current != expected_generation:
                 raise GenerationMismatch(uri)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            tmp.write_bytes(data)
             # Under the lock no other writer can land in the same nanosecond,
             # but a coarse filesystem clock could repeat the old mtime; bump it.
-            new_generation = max(current + 1, tmp.stat().st_mtime_ns)
-            os.utime(tmp, ns=(new_generation, new_generation))
-            _commit_point(uri)
-            os.replace(tmp, path)
+            new_generation = max(current + 1, time.time_ns())
+            _replace_file(uri, path, data, mtime_ns=new_generation)
             return new_generation
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
