@@ -18,7 +18,9 @@ def _partition(ds: str) -> str:
 
 def _run(stack: Stack, logical_date: str) -> tuple[str, dict]:
     log_file = stack.home / f"dags-test-{logical_date[:10]}.log"
-    conf = '{"num_shards": 2}'
+    # The smallest search that still fans out: two tune pods, one random candidate each (the default grid
+    # cross-validates eight); tests/system/live_airflow.py's FAST, with the second shard the shard check needs.
+    conf = '{"num_shards": 2, "search": "random", "n_trials": 2}'
     stack.airflow("dags", "test", DAG_ID, logical_date, "--conf", conf, check=False, log_file=log_file)
     run_id, state = stack.latest_run(DAG_ID)
     assert state == "success", log_file.read_text(encoding="utf-8")[-5000:]
@@ -39,6 +41,7 @@ def test_every_stage_ran_and_reported_through_xcom(first_run) -> None:
     assert xcoms["featurize"]["mode"] == "text"
     assert xcoms["split"]["train_rows"] + xcoms["split"]["holdout_rows"] == xcoms["validate"]["rows_valid"]
     assert sorted(shard["shard"] for _, shard in xcoms["tune"]) == [0, 1]
+    assert [shard["candidates"] for _, shard in xcoms["tune"]] == [1, 1]
     assert xcoms["select_best"]["n_candidates"] == sum(shard["candidates"] for _, shard in xcoms["tune"])
 
 
