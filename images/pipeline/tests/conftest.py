@@ -1,14 +1,20 @@
-"""Fixtures shared by the stage-package tests: a gs:// bucket on an emulator that enforces generation preconditions."""
+"""Fixtures shared by the stage-package tests: a gs:// bucket on an emulator that enforces generation preconditions,
+and for the serving tier one trained champion and one model server serving it."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from privacy_pipeline import storage
+from privacy_pipeline.serving.process import ServerProcess
+
+if TYPE_CHECKING:
+    from serving_runs import TrainedRegistry
 
 # The emulator extension lives in embedded/ (the local stack starts it too), not in the stage package,
 # which must not ship test servers; the repository root makes it importable here.
@@ -60,3 +66,23 @@ def bucket_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "gcs":
         return str(request.getfixturevalue("gcs_bucket"))
     return str(tmp_path / "bucket")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
+    """A registry whose champion the pipeline's own stages trained (serving_runs): once per test run."""
+    # Imported here: serving_runs imports every stage, which a run of one small test file need not pay for.
+    from serving_runs import trained_registry
+
+    return trained_registry(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def model_server(trained: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """``privacy-pipeline serve`` of that champion on a free loopback port, started once and stopped at the end.
+
+    test_serving and test_serving_page share it when they run in one process (each xdist worker starts its own):
+    a start loads kserve, torch and the sentence model, about 20 CPU seconds.
+    """
+    with ServerProcess(trained.registry_uri, log_path=tmp_path_factory.mktemp("serve") / "serve.log") as running:
+        yield running

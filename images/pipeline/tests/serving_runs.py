@@ -1,16 +1,19 @@
 """A champion for the serving tests, trained and registered by the pipeline's own stages.
 
-Not a test module: test_serving and test_serving_page import it. synth ->
+Not a test module: conftest's ``trained`` fixture calls it. synth ->
 ingest -> validate -> featurize -> split -> tune -> select -> train ->
 evaluate -> register, in this process, on a few hundred synthetic messages with
 a small search, so the server under test loads exactly what a real run
-registers. The registry is built once per test session (under pytest's base
-temp directory) and shared by every module that asks for it.
+registers. The registry is built once per test run and shared by every module
+that asks for it (conftest's ``trained`` fixture), across pytest-xdist's
+workers too: the first to need it trains it while the others wait on a lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,18 +67,19 @@ def train_and_register(root: Path) -> TrainedRegistry:
 
 
 def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
-    """The session's registry with one champion, trained on first use."""
-    root = tmp_path_factory.getbasetemp() / "serving-registry"
-    marker = root / "trained.json"
-    if marker.exists():
-        saved = json.loads(marker.read_text(encoding="utf-8"))
-        return TrainedRegistry(
-            saved["registry_uri"], saved["version"], saved["model_uri"], load_config(None, OVERRIDES)
-        )
+    """The test run's registry with one champion, trained on first use."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Each xdist worker's base temp directory is a folder of the run's: the registry goes in the run's.
+        base = base.parent
+    root = base / "serving-registry"
     root.mkdir(parents=True, exist_ok=True)
-    trained = train_and_register(root)
-    marker.write_text(
-        json.dumps({"registry_uri": trained.registry_uri, "version": trained.version, "model_uri": trained.model_uri}),
-        encoding="utf-8",
-    )
-    return trained
+    marker = root / "trained.json"
+    with (base / "serving-registry.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists():
+            trained = train_and_register(root)
+            saved = {"registry_uri": trained.registry_uri, "version": trained.version, "model_uri": trained.model_uri}
+            marker.write_text(json.dumps(saved), encoding="utf-8")
+    saved = json.loads(marker.read_text(encoding="utf-8"))
+    return TrainedRegistry(saved["registry_uri"], saved["version"], saved["model_uri"], load_config(None, OVERRIDES))

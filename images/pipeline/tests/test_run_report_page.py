@@ -19,17 +19,12 @@ pytest.importorskip("selenium", reason="selenium comes with the serving environm
 from headless_chromium import ARTIFACTS, headless_chromium
 from selenium import webdriver
 from selenium.webdriver.common.by import By
-from serving_runs import TrainedRegistry, trained_registry
+from serving_runs import TrainedRegistry
 
 from privacy_pipeline import registry, storage
 from privacy_pipeline.registry import RegistryLayout
 from privacy_pipeline.run_layout import RunLayout
 from privacy_pipeline.run_report import report_uri
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
-    return trained_registry(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ pytest.importorskip("kserve", reason="the serving tests run in the serving envir
 import skops.io as sio
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
-from serving_runs import TrainedRegistry, trained_registry
+from serving_runs import TrainedRegistry
 from sklearn.preprocessing import FunctionTransformer
 
 from privacy_pipeline import cli, model_io, modeling, registry, storage
@@ -51,18 +50,6 @@ MESSAGES = [
 ]
 # Written into one request below; it must never reach the server's log.
 CANARY = "zebra-canary-7731"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
-    return trained_registry(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def server(trained: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    with ServerProcess(trained.registry_uri, log_path=log_path) as running:
-        yield running
 
 
 def _saved_pipeline_answers(trained: TrainedRegistry, texts: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
@@ -113,9 +100,9 @@ def _outputs(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("binary_data", [False, True], ids=["json-tensors", "binary-tensors"])
 def test_v2_answers_equal_the_saved_pipelines_predict_proba(
-    server: ServerProcess, trained: TrainedRegistry, binary_data: bool
+    model_server: ServerProcess, trained: TrainedRegistry, binary_data: bool
 ) -> None:
-    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{model_server.port}")
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL_NAME)
     text_input = triton.InferInput("text", [len(MESSAGES)], "BYTES")
     text_input.set_data_from_numpy(np.array(MESSAGES, dtype=np.object_), binary_data=binary_data)
@@ -140,13 +127,13 @@ def test_v2_answers_equal_the_saved_pipelines_predict_proba(
 
 
 def test_concurrent_single_message_requests_each_get_their_own_answer(
-    server: ServerProcess, trained: TrainedRegistry
+    model_server: ServerProcess, trained: TrainedRegistry
 ) -> None:
     texts = [f"{message} (ticket {i})" for i, message in enumerate(MESSAGES * 4)]
     expected_intents, expected_proba, _ = _saved_pipeline_answers(trained, texts)
 
     def ask(text: str) -> tuple[str, list[float]]:
-        status, answer = _post(server.infer_url, _texts_body([text]))
+        status, answer = _post(model_server.infer_url, _texts_body([text]))
         assert status == 200, answer
         outputs = _outputs(answer)
         return outputs["intent"]["data"][0], outputs["probabilities"]["data"]
@@ -218,10 +205,10 @@ BAD_REQUESTS: dict[str, tuple[Any, str, int, str]] = {
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 def test_a_bad_request_gets_a_4xx_that_says_what_to_fix_and_the_next_request_is_answered(
-    server: ServerProcess, trained: TrainedRegistry, case: str
+    model_server: ServerProcess, trained: TrainedRegistry, case: str
 ) -> None:
     body, suffix, status, message = BAD_REQUESTS[case]
-    url = urllib.parse.urljoin(f"{server.url}/v2/models/{MODEL_NAME}/", suffix)
+    url = urllib.parse.urljoin(f"{model_server.url}/v2/models/{MODEL_NAME}/", suffix)
     got_status, answer = _post(url, body)
     assert got_status == status, answer
     # The SDK's own refusals (422) come as FastAPI's "detail", ours as "error".
@@ -230,17 +217,17 @@ def test_a_bad_request_gets_a_4xx_that_says_what_to_fix_and_the_next_request_is_
     if case == "unknown-version":
         assert f"this server serves version {trained.version}" in answer["error"]
 
-    good_status, good = _post(server.infer_url, _texts_body([MESSAGES[0]]))
+    good_status, good = _post(model_server.infer_url, _texts_body([MESSAGES[0]]))
     assert good_status == 200, good
     assert _outputs(good)["intent"]["data"] == ["data_deletion"]
 
 
 def test_a_binary_message_that_is_not_utf8_gets_a_400_naming_it_and_its_bytes_stay_out_of_the_log(
-    server: ServerProcess,
+    model_server: ServerProcess,
 ) -> None:
     # The SDK decodes binary BYTES tensors while parsing, before our model runs: without the data plane's
     # check this is a 500 whose message and traceback carry the raw bytes.
-    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{model_server.port}")
     latin1 = f"{CANARY}: efface mes donn\xe9es".encode("latin-1")
     text_input = triton.InferInput("text", [2], "BYTES")
     text_input.set_data_from_numpy(np.array([MESSAGES[0].encode(), latin1], dtype=np.object_), binary_data=True)
@@ -251,20 +238,20 @@ def test_a_binary_message_that_is_not_utf8_gets_a_400_naming_it_and_its_bytes_st
     assert refused.value.status() == "400"
     assert 'message 1 of input "text" is not UTF-8 text' in refused.value.message()
     assert CANARY not in refused.value.message()
-    log_text = server.log_path.read_text(encoding="utf-8", errors="replace")
+    log_text = model_server.log_path.read_text(encoding="utf-8", errors="replace")
     assert CANARY not in log_text and "donn" not in log_text
-    good_status, good = _post(server.infer_url, _texts_body([MESSAGES[0]]))
+    good_status, good = _post(model_server.infer_url, _texts_body([MESSAGES[0]]))
     assert good_status == 200 and _outputs(good)["intent"]["data"] == ["data_deletion"]
 
 
 def test_the_version_being_served_answers_on_its_versioned_route(
-    server: ServerProcess, trained: TrainedRegistry
+    model_server: ServerProcess, trained: TrainedRegistry
 ) -> None:
-    url = f"{server.url}/v2/models/{MODEL_NAME}/versions/{trained.version}/infer"
+    url = f"{model_server.url}/v2/models/{MODEL_NAME}/versions/{trained.version}/infer"
     status, answer = _post(url, _texts_body([MESSAGES[0]]))
     assert status == 200 and answer["model_version"] == trained.version
-    assert _get(f"{server.url}/v2/models/{MODEL_NAME}/versions/{trained.version}/ready")[0] == 200
-    assert _get(f"{server.url}/v2/models/{MODEL_NAME}/versions/other/ready")[0] == 404
+    assert _get(f"{model_server.url}/v2/models/{MODEL_NAME}/versions/{trained.version}/ready")[0] == 200
+    assert _get(f"{model_server.url}/v2/models/{MODEL_NAME}/versions/other/ready")[0] == 404
 
 
 # --- observability ----------------------------------------------------------------------------------------------
@@ -281,11 +268,11 @@ def _samples(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ..
     }
 
 
-def test_metrics_count_requests_by_outcome_latency_batches_and_intents(server: ServerProcess) -> None:
-    before = _samples(server)
-    assert _post(server.infer_url, _texts_body(MESSAGES[:2]))[0] == 200
-    assert _post(server.infer_url, _texts_body([""]))[0] == 400
-    after = _samples(server)
+def test_metrics_count_requests_by_outcome_latency_batches_and_intents(model_server: ServerProcess) -> None:
+    before = _samples(model_server)
+    assert _post(model_server.infer_url, _texts_body(MESSAGES[:2]))[0] == 200
+    assert _post(model_server.infer_url, _texts_body([""]))[0] == 400
+    after = _samples(model_server)
 
     def delta(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
@@ -303,11 +290,11 @@ def test_metrics_count_requests_by_outcome_latency_batches_and_intents(server: S
     assert delta("privacy_intent_serving_predictions_total", intent="data_deletion") >= 1
 
 
-def test_request_logs_are_structured_and_never_hold_message_text(server: ServerProcess) -> None:
+def test_request_logs_are_structured_and_never_hold_message_text(model_server: ServerProcess) -> None:
     secret = f"{CANARY}: please erase everything you know about me"
-    assert _post(server.infer_url, _texts_body([secret, MESSAGES[2]]))[0] == 200
-    assert _post(server.infer_url, _texts_body([secret + "x" * MAX_TEXT_CHARS]))[0] == 400
-    log_text = server.log_path.read_text(encoding="utf-8")
+    assert _post(model_server.infer_url, _texts_body([secret, MESSAGES[2]]))[0] == 200
+    assert _post(model_server.infer_url, _texts_body([secret + "x" * MAX_TEXT_CHARS]))[0] == 400
+    log_text = model_server.log_path.read_text(encoding="utf-8")
     assert CANARY not in log_text and "erase everything" not in log_text
     records = [json.loads(line.split(": ", 1)[1]) for line in log_text.splitlines() if '{"event": "infer"' in line]
     answered = [r for r in records if r.get("texts") == 2 and r["text_chars"] == len(secret) + len(MESSAGES[2])]
@@ -316,8 +303,8 @@ def test_request_logs_are_structured_and_never_hold_message_text(server: ServerP
     assert any(r["status"] == 400 and r["outcome"] == "client_error" for r in records)
 
 
-def test_the_try_it_page_is_served_by_the_same_server(server: ServerProcess) -> None:
-    status, page = _get(f"{server.url}{PAGE_PATH}")
+def test_the_try_it_page_is_served_by_the_same_server(model_server: ServerProcess) -> None:
+    status, page = _get(f"{model_server.url}{PAGE_PATH}")
     assert status == 200
     assert "/v2/models/${encodeURIComponent(MODEL)}/infer" in page and json.dumps(MODEL_NAME) in page
 

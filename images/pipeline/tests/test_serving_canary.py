@@ -20,7 +20,7 @@ pytest.importorskip("kserve", reason="the canary's local servers run in the serv
 
 from modeling_runs import commit
 from rollout_runs import promoted
-from serving_runs import OVERRIDES, TrainedRegistry, trained_registry
+from serving_runs import OVERRIDES, TrainedRegistry
 
 from privacy_pipeline import modeling, registry, storage, tabular
 from privacy_pipeline.config import load_config
@@ -30,11 +30,6 @@ from privacy_pipeline.stages import canary_check, deploy, evaluate, register, tr
 
 # 60 holdout messages each way: enough for rollout.min_requests (50), few enough to keep the tier cheap.
 CONFIG = load_config(None, [*OVERRIDES, "rollout.shadow_texts=60"])
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
-    return trained_registry(tmp_path_factory)
 
 
 @pytest.fixture

@@ -21,23 +21,12 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
-from serving_runs import TrainedRegistry, trained_registry
+from serving_runs import TrainedRegistry
 
 from privacy_pipeline.serving.process import ServerProcess
 
 DELETION_REQUEST = "Hi, please delete my account and erase all the personal data you have on me. Thanks"
 # Debian's packages (make chromium installs them).
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
-    return trained_registry(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def server(trained: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with ServerProcess(trained.registry_uri, log_path=tmp_path_factory.mktemp("serve") / "serve.log") as running:
-        yield running
 
 
 @pytest.fixture()
@@ -47,9 +36,9 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 
 def test_a_person_types_a_deletion_request_and_sees_the_intent_bars_and_version(
-    server: ServerProcess, trained: TrainedRegistry, browser: webdriver.Chrome
+    model_server: ServerProcess, trained: TrainedRegistry, browser: webdriver.Chrome
 ) -> None:
-    browser.get(server.page_url)
+    browser.get(model_server.page_url)
     browser.find_element(By.ID, "message").send_keys(DELETION_REQUEST)
     browser.find_element(By.ID, "classify").click()
     WebDriverWait(browser, 120).until(expected_conditions.visibility_of_element_located((By.ID, "intent")))
@@ -72,9 +61,9 @@ def test_a_person_types_a_deletion_request_and_sees_the_intent_bars_and_version(
 
 
 def test_the_page_shows_the_servers_error_for_an_empty_message(
-    server: ServerProcess, browser: webdriver.Chrome
+    model_server: ServerProcess, browser: webdriver.Chrome
 ) -> None:
-    browser.get(server.page_url)
+    browser.get(model_server.page_url)
     browser.find_element(By.ID, "classify").click()
     WebDriverWait(browser, 60).until(lambda driver: driver.find_element(By.ID, "error").text)
     assert "message 0 is empty" in browser.find_element(By.ID, "error").text
