@@ -8,11 +8,12 @@ stays in the bucket.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from privacy_pipeline.storage import json_bytes
 
 DEFAULT_XCOM_RETURN_PATH = "/airflow/xcom/return.json"
 
@@ -41,5 +42,5 @@ def write_xcom(result: StageResult) -> Path | None:
     if not configured and not target.parent.is_dir():
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result.payload(), sort_keys=True, default=str), encoding="utf-8")
+    target.write_bytes(json_bytes(result.payload()))
     return target

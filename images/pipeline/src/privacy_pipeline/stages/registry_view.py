@@ -162,5 +162,5 @@ def run(
         payload, text = _history(registry_uri)
     else:
         payload, text = _listing(registry_uri)
-    summary = json.dumps(payload, indent=2, sort_keys=True, default=str) if as_json else text
+    summary = storage.json_bytes(payload).decode("utf-8").rstrip("\n") if as_json else text
     return StageResult(stage=STAGE, summary=summary, xcom={"registry_uri": registry_uri, "view": view})
