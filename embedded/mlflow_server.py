@@ -78,6 +78,9 @@ def mlflow_server(home: Path, *, port: int | None = None, timeout: float = 120.0
     env = {
         **os.environ,
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        # MLflow 3's job runner (about ten huey worker processes, each importing mlflow) serves GenAI jobs this
+        # mirror never submits; on two cores it doubled the server's start and the first registrations.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "DO_NOT_TRACK": "true",
     }
     server_log = (home / "server.log").open("a", encoding="utf-8")

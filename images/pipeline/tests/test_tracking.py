@@ -56,12 +56,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as patch:
-        # MLflow 3's job runner (about ten huey worker processes, each importing mlflow) serves GenAI jobs the
-        # mirror never submits; on two cores it doubled the server's start and the first registrations.
-        patch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-        with mlflow_server(tmp_path_factory.mktemp("mlflow")) as running:
-            yield running.url
+    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as running:
+        yield running.url
 
 
 @pytest.fixture(scope="module")
