@@ -23,6 +23,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -146,7 +147,25 @@ def _resolve_env(pod: k8s.V1Pod, container: k8s.V1Container, cluster: LocalClust
         elif ref.secret_key_ref is not None:
             key_ref = ref.secret_key_ref
             env[var.name] = cluster.secret(key_ref.name, key_ref.optional).get(key_ref.key, "")
+        elif ref.resource_field_ref is not None:
+            env[var.name] = _resource_field(container, ref.resource_field_ref)
     return env
+
+
+def _resource_field(container: k8s.V1Container, selector: k8s.V1ResourceFieldSelector) -> str:
+    """What the Downward API gives for ``limits.cpu`` and friends: the quantity over the divisor, rounded up.
+
+    With no limit set, Kubernetes gives the node's allocatable amount; this machine's CPUs stand in for it.
+    A CPU limit above this machine's CPUs is capped at them: the local "node" has no more to give.
+    """
+    kind, _, resource = selector.resource.partition(".")
+    quantities = (container.resources.limits if kind == "limits" else container.resources.requests) or {}
+    machine = {"cpu": os.cpu_count() or 1, "memory": psutil.virtual_memory().total}
+    if resource not in machine:
+        raise AirflowException(f"env resourceFieldRef {selector.resource!r}: the local runtime knows cpu and memory")
+    amount = float(parse_quantity(quantities[resource])) if resource in quantities else machine[resource]
+    amount = min(amount, machine[resource])
+    return str(math.ceil(amount / float(parse_quantity(selector.divisor or "1"))))
 
 
 def _local_path(value: str, mounted: Mapping[str, Path]) -> str:

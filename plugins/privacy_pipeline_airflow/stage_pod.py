@@ -240,6 +240,15 @@ def _env(settings: PipelineSettings, stage: str) -> tuple[list[k8s.V1EnvVar], li
         k8s.V1EnvVar(name="PIPELINE_RUN_ID", value="{{ run_id }}"),
         k8s.V1EnvVar(name="PIPELINE_TASK_ID", value="{{ ti.task_id }}"),
         k8s.V1EnvVar(name="PIPELINE_MAP_INDEX", value="{{ ti.map_index }}"),
+        # torch, OpenMP and BLAS size their thread pools by the node's cores, not by the pod's CPU limit: a
+        # 4-CPU featurize pod on a 64-core node would start 64 threads and spend its quota throttled. The
+        # Downward API hands the container its own limit, rounded up to whole CPUs.
+        k8s.V1EnvVar(
+            name="OMP_NUM_THREADS",
+            value_from=k8s.V1EnvVarSource(
+                resource_field_ref=k8s.V1ResourceFieldSelector(resource="limits.cpu", divisor="1")
+            ),
+        ),
     ]
     if settings.pushgateway_url:
         env.append(k8s.V1EnvVar(name="PIPELINE_PUSHGATEWAY_URL", value=settings.pushgateway_url))

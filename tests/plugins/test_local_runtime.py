@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,9 @@ def test_runs_the_pods_command_with_the_pods_env_only(fake_bin, cluster_file, mo
     assert env["GOOGLE_CLOUD_PROJECT"] == "demo-project"  # envFrom the ConfigMap
     assert env["PIPELINE_IMAGE_TAG"] == "1.2.3"
     assert env["POD_NAME"] == pod.metadata.name  # fieldRef
+    # resourceFieldRef: validate's 2-CPU limit sizes the thread pools, capped at this machine's CPUs.
+    assert pod.spec.containers[0].resources.limits["cpu"] == "2"
+    assert env["OMP_NUM_THREADS"] == str(min(2, os.cpu_count() or 1))
     assert env["HF_HUB_OFFLINE"] == "1"  # the image's own ENV
     # The Secret is mounted as a file and the env var points at the local copy, never at its value.
     assert xcom["credentials_file"] == '{"type": "service_account"}'
