@@ -10,6 +10,7 @@ quiet registry last. Each module still passes alone.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -60,7 +61,19 @@ FAST_AIRFLOW = {
     # 5 s (times its retries) failed a task before it ran.
     "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
 }
-FAST_PIPELINE = {"PIPELINE_RETRIES": "0", "PIPELINE_UPLOAD_INACTIVITY_SECONDS": "5"}
+# The tier's runs overlap on 2 cores: pods of one CPU each, as on a cluster of small nodes, so each stage's
+# torch, OpenMP and BLAS pools are one thread (OMP_NUM_THREADS from the pod's CPU limit) instead of pools
+# sized for the whole machine spinning against each other's. Memory stays the heavy stages' own.
+HEAVY_STAGES = ("featurize", "tune", "train", "conversations-embed", "conversations-tag", "conversations-upsert")
+ONE_CPU_PODS = {
+    stage: {"cpu_request": "1", "cpu_limit": "1", "memory_request": "4Gi", "memory_limit": "8Gi"}
+    for stage in HEAVY_STAGES
+}
+FAST_PIPELINE = {
+    "PIPELINE_RETRIES": "0",
+    "PIPELINE_UPLOAD_INACTIVITY_SECONDS": "5",
+    "PIPELINE_RESOURCES": json.dumps(ONE_CPU_PODS),
+}
 
 
 @pytest.fixture(scope="session")
