@@ -67,15 +67,18 @@ lint: setup
 # The system tier runs Airflow on PostgreSQL; tests/images scans Dockerfiles, pods and manifests with checkov.
 # The serving tier runs in the model server's own venv and drives Debian's chromium.
 TEST_PREREQUISITES := setup postgres checkov serving-env chromium monitoring mlflow-env
-# Each tier is a target test-<tier>, run in this order by tests/tiers.sh; a new tier is a target and a name here.
-TEST_TIERS := lint stage-package serving dags-plugins e2e system images
+# Each tier is a target test-<tier>; tests/tiers.sh runs the lanes below side by side, each lane's tiers (comma-
+# separated) in order. A new tier is a target and a name in a lane. Two lanes keep both cores busy (two xdist
+# workers; the system tier's overlapping DAG runs); the third holds the tiers that mostly wait (one `airflow dags
+# test` process, an image build's I/O). `make test TEST_LANES=lint,e2e` runs a choice in one lane.
+TEST_LANES := lint,stage-package,serving,dags-plugins system e2e,images
 TEST_STARTED := $(shell date +%s)
 AIRFLOW_PYTEST := PATH="$(CURDIR)/$(PIPELINE_BIN):$$PATH" $(AIRFLOW_BIN)/pytest -q
 # The prerequisites install side by side (uv's cache is safe to share; the apt-get runs take turns, see
 # apt_install), so a fresh machine waits for the slowest one rather than for their sum.
 test:
 	@$(MAKE) --no-print-directory --jobs=$(words $(TEST_PREREQUISITES)) --output-sync=target $(TEST_PREREQUISITES)
-	@MAKE="$(MAKE)" bash tests/tiers.sh $(TEST_STARTED) $(TEST_TIERS)
+	@MAKE="$(MAKE)" bash tests/tiers.sh $(TEST_STARTED) $(TEST_LANES)
 
 .PHONY: test-lint test-stage-package test-serving test-dags-plugins test-e2e test-system test-images
 test-lint: lint
