@@ -26,6 +26,29 @@ from embedded.gcs_emulator import create_server  # noqa: E402
 
 GCS_TEST_BUCKET = "test-bucket"
 
+# The files that take longest (module fixtures that run whole stage chains, start a server, load the sentence
+# model or spawn processes), longest first. `make test-stage-package` runs a file per xdist worker at a time in
+# collection order (--no-loadscope-reorder): these start first and the many short files fill in behind them, so
+# no worker ends alone on a long file while the other idles (xdist's own order, most tests first, ran them last).
+LONGEST_FILES_FIRST = (
+    "test_leak.py",
+    "test_killed_stages.py",
+    "test_register.py",
+    "test_drift.py",
+    "test_tracking.py",
+    "test_featurize.py",
+    "test_conversations_pipeline.py",
+    "test_sentence_encoder.py",
+    "test_search.py",
+    "test_text_features.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The LONGEST_FILES_FIRST files first, in that order; every other file after them in the order collected."""
+    rank = {name: index for index, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(autouse=True, scope="session")
 def pseudonym_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bytes]:
@@ -81,8 +104,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
 def model_server(trained: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """``privacy-pipeline serve`` of that champion on a free loopback port, started once and stopped at the end.
 
-    test_serving and test_serving_page share it when they run in one process (each xdist worker starts its own):
-    a start loads kserve, torch and the sentence model, about 20 CPU seconds.
+    Only test_serving uses it (its API and try-it page tests), so with ``--dist loadfile`` one worker starts it:
+    a start loads kserve, torch and the sentence model, about 15 CPU seconds.
     """
     with ServerProcess(trained.registry_uri, log_path=tmp_path_factory.mktemp("serve") / "serve.log") as running:
         yield running

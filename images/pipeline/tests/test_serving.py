@@ -4,7 +4,9 @@ Requests go over HTTP with Triton's client (it speaks the same Open Inference
 Protocol) or plain urllib for the malformed ones. The answers must equal the
 saved pipeline's own ``predict_proba`` on the same texts; every bad request
 gets a 4xx a caller can act on and the next good request is answered; a
-version that is missing, corrupt or untrusted never becomes ready.
+version that is missing, corrupt or untrusted never becomes ready. The try-it page is driven in a real
+browser (Debian's headless Chromium through selenium and chromium-driver) against the same server: one server
+start per test process serves every test here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,10 +27,16 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("kserve", reason="the serving tests run in the serving environment (.venv/serving)")
+pytest.importorskip("selenium", reason="selenium comes with the serving environment (.venv/serving)")
 
 import skops.io as sio
 import tritonclient.http as triton
+from headless_chromium import ARTIFACTS, headless_chromium
 from prometheus_client.parser import text_string_to_metric_families
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 from serving_runs import TrainedRegistry
 from sklearn.preprocessing import FunctionTransformer
 
@@ -307,6 +316,50 @@ def test_the_try_it_page_is_served_by_the_same_server(model_server: ServerProces
     status, page = _get(f"{model_server.url}{PAGE_PATH}")
     assert status == 200
     assert "/v2/models/${encodeURIComponent(MODEL)}/infer" in page and json.dumps(MODEL_NAME) in page
+
+
+DELETION_REQUEST = "Hi, please delete my account and erase all the personal data you have on me. Thanks"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    """One headless Chromium for the page tests; each opens the page afresh."""
+    with headless_chromium("1000,800") as driver:
+        yield driver
+
+
+def test_a_person_types_a_deletion_request_and_sees_the_intent_bars_and_version(
+    model_server: ServerProcess, trained: TrainedRegistry, browser: webdriver.Chrome
+) -> None:
+    browser.get(model_server.page_url)
+    browser.find_element(By.ID, "message").send_keys(DELETION_REQUEST)
+    browser.find_element(By.ID, "classify").click()
+    WebDriverWait(browser, 120).until(expected_conditions.visibility_of_element_located((By.ID, "intent")))
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    screenshot = ARTIFACTS / "try-it-page.png"
+    browser.save_screenshot(str(screenshot))
+    print(f"\ntry-it page screenshot: {screenshot}")
+
+    assert browser.find_element(By.ID, "intent").text == "data_deletion"
+    assert browser.find_element(By.ID, "version").text == trained.version
+    rows = browser.find_elements(By.CSS_SELECTOR, "#bars .row")
+    shown = {row.get_attribute("data-intent"): row.find_element(By.CSS_SELECTOR, ".p").text for row in rows}
+    assert set(shown) == set(trained.config.labels)
+    # The top bar is the shown intent's, and the percentages add up to 100.
+    assert max(shown, key=lambda name: float(shown[name].rstrip("%"))) == "data_deletion"
+    assert sum(float(p.rstrip("%")) for p in shown.values()) == pytest.approx(100.0, abs=0.5)
+    assert browser.find_element(By.ID, "error").text == ""
+    assert Path(screenshot).stat().st_size > 0
+
+
+def test_the_page_shows_the_servers_error_for_an_empty_message(
+    model_server: ServerProcess, browser: webdriver.Chrome
+) -> None:
+    browser.get(model_server.page_url)
+    browser.find_element(By.ID, "classify").click()
+    WebDriverWait(browser, 60).until(lambda driver: driver.find_element(By.ID, "error").text)
+    assert "message 0 is empty" in browser.find_element(By.ID, "error").text
 
 
 def test_make_serve_prints_the_servers_own_routes() -> None:
