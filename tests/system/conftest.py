@@ -34,11 +34,13 @@ from live_airflow import (
     WATCH,
     StartedRuns,
     backfill_once_a_champion_exists,
+    drift_days,
     started_run_id,
     synth,
     task_state,
     trigger,
     unpause,
+    watch_uploads,
 )
 
 from embedded.services import RunningAirflow, running_airflow
@@ -96,24 +98,26 @@ def unpaused_training(airflow: RunningAirflow, bucket) -> None:
     unpause(airflow, TRAINING)
 
 
-# The order the modules run in when the tier runs whole (unknown ones before the last two). The registry moves
+# The order the modules run in when the tier runs whole (unknown ones before rollback). The registry moves
 # under the runs `started_runs` overlaps: rollback (which moves the champion itself) and the config change
-# (measured from the newest registered run) run last, once every other module has waited for its runs.
+# (measured from the newest registered run) run once every module before them has waited for its runs. The
+# drift days register nothing (their training run is stopped once seen) and run in the background from the
+# first champion on: their module comes last, to find them done.
 MODULE_ORDER = [
     "test_running_airflow",
-    "test_drift_live",
     "test_backfill_live",
     "test_waiting_run_live",
     "test_failure_mail_live",
     "test_rollback_live",
     "test_config_trigger_live",
+    "test_drift_live",
 ]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def position(item: pytest.Item) -> int:
         module = item.path.stem
-        return MODULE_ORDER.index(module) if module in MODULE_ORDER else len(MODULE_ORDER) - 2
+        return MODULE_ORDER.index(module if module in MODULE_ORDER else "test_rollback_live")
 
     items.sort(key=position)  # stable: each module's tests keep their order
 
@@ -129,7 +133,10 @@ def started_runs(airflow: RunningAirflow, bucket: storage.Bucket, unpaused_train
     unlabelled = started_run_id(trigger(airflow, TRAINING, {**FAST, "data_prefix": UNLABELLED_PREFIX}))
     unpause(airflow, WATCH)
     synth(airflow, UPLOAD_KEY, UPLOAD_ROWS, 3)
-    upload_watch = started_run_id(trigger(airflow, WATCH, {}))
+    # Each background job waits on runs of its own (and the later two for a champion), asserting nothing:
+    # the test that needs its result asserts on it.
+    background = ThreadPoolExecutor(max_workers=3, thread_name_prefix="started")
+    uploads = background.submit(watch_uploads, airflow, bucket)
     synth(airflow, REST_PREFIX + "part-0000.csv", REST_ROWS, 2)
     # Seconds normally; minutes on a machine whose CPUs other jobs hold.
     deadline = time.monotonic() + RUN_TIMEOUT
@@ -137,17 +144,17 @@ def started_runs(airflow: RunningAirflow, bucket: storage.Bucket, unpaused_train
         time.sleep(2)
     assert task_state(airflow, TRAINING, waiting, "wait_for_data") == "deferred"
     rest = started_run_id(trigger(airflow, TRAINING, {**FAST, "data_prefix": REST_PREFIX}))
-    backfills = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backfill")
     try:
         yield StartedRuns(
             waiting=waiting,
             rest=rest,
-            upload_watch=upload_watch,
             broken=broken,
             unlabelled=unlabelled,
-            backfill=backfills.submit(backfill_once_a_champion_exists, airflow),
+            uploads=uploads,
+            backfill=background.submit(backfill_once_a_champion_exists, airflow, bucket),
+            drift=background.submit(drift_days, airflow, bucket),
         )
     finally:
         # Its sensor would wait six hours; end it as an operator would (test_waiting_run_live does, when it runs).
         airflow.api("PATCH", f"/dags/{TRAINING}/dagRuns/{waiting}", {"state": "failed"})
-        backfills.shutdown(wait=False, cancel_futures=True)
+        background.shutdown(wait=False, cancel_futures=True)

@@ -7,11 +7,10 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from embedded.services import RunningAirflow
-from embedded.stack import BUCKET, PROJECT
+from embedded.stack import BUCKET
 
 TRAINING = "privacy_intent_training"
 WATCH = "privacy_intent_data_watch"
@@ -85,14 +84,41 @@ def unpause(airflow: RunningAirflow, dag_id: str, parse_timeout: float = 180) ->
 # What the runs started together read; the tests that wait for them assert on these.
 NEVER_ARRIVES = "raw/privacy_intent/never-arrives/"
 REST_PREFIX, REST_ROWS = "raw/privacy_intent/manual-a/", 1220
-UPLOAD_KEY, UPLOAD_ROWS = "incoming/privacy_intent/batch-1/part-0000.csv", 1250
+UPLOAD_BATCH = "incoming/privacy_intent/batch-1/"
+UPLOAD_KEY, UPLOAD_ROWS = UPLOAD_BATCH + "part-0000.csv", 1250
 BROKEN_PREFIX = "raw/privacy_intent/manual-b/"
 UNLABELLED_PREFIX = "raw/failure-mail/"
-BACKFILL_DATES = ["2026-11-02", "2026-11-03", "2026-11-04"]
+# Two dates: the second's candidate faces the champion the first (or another run) made.
+BACKFILL_DATES = ["2026-11-02", "2026-11-03"]
+CONVERSATIONS = "daily_conversations"
+# Before the config module's 2026-11-28 (its "latest partition") and after the backfill's 2026-11-0x:
+# the newest labelled partition up to the drift days, so the one a drift run must train on.
+DRIFT_LABELLED = "raw/privacy_intent/ds=2026-11-19/"
+ORDINARY_FIRST, ORDINARY_SECOND, SHIFTED = "2026-11-20", "2026-11-21", "2026-11-22"
+CONVERSATIONS_PER_DAY = 300
 
 
 def backfill_rows(offset: int) -> int:
     return 1200 + 10 * offset
+
+
+@dataclass
+class UploadRuns:
+    """What three data-watch runs started: after the upload, after the same bytes again, after new content."""
+
+    after_upload: list[str]
+    after_same_bytes: list[str]
+    after_new_content: list[str]
+
+
+@dataclass
+class DriftDays:
+    """Three days of conversations through daily_conversations, and the drift runs seen after each."""
+
+    ordinary: str  # the second ordinary day's run (compared with the first)
+    shifted: str  # the shifted day's run
+    drift_runs_after_ordinary: list[str]
+    drift_runs_after_shifted: list[dict]
 
 
 @dataclass
@@ -103,14 +129,16 @@ class StartedRuns:
     waiting: str
     # A REST trigger with FAST Params on REST_PREFIX.
     rest: str
-    # The data watch run after UPLOAD_KEY was uploaded.
-    upload_watch: str
     # On BROKEN_PREFIX, whose one object is no data file: fails in ingest (the clear test mends and clears it).
     broken: str
     # On UNLABELLED_PREFIX, a CSV without the label column: fails in ingest (the failure-mail test).
     unlabelled: str
+    # The data watch after UPLOAD_KEY's upload, the same bytes again and new content (watch_uploads).
+    uploads: Future
     # `airflow backfill create` of BACKFILL_DATES, started once a champion exists.
     backfill: Future
+    # The drift days (drift_days), started once a champion exists.
+    drift: Future
 
 
 def started_run_id(started: tuple[int, dict]) -> str:
@@ -119,22 +147,105 @@ def started_run_id(started: tuple[int, dict]) -> str:
     return str(run["dag_run_id"])
 
 
-def backfill_once_a_champion_exists(airflow: RunningAirflow) -> None:
-    # Each later date's candidate must face a champion (test_backfill_live), and the session's first register
-    # may face only the baseline: the backfill starts once some run has made a champion.
-    champion = (
-        storage.Client(project=PROJECT, credentials=AnonymousCredentials())
-        .bucket(BUCKET)
-        .blob("registry/champion.json")
+def stop_run(airflow: RunningAirflow, dag_id: str, run_id: str) -> None:
+    """Mark a run failed as an operator would: its running tasks are killed, the rest never start."""
+    status, body = airflow.api("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}", {"state": "failed"})
+    assert status == 200, body
+
+
+def wait_for_task(airflow: RunningAirflow, dag_id: str, run_id: str, task_id: str) -> str | None:
+    """The task's state once it has ended (or the run has, leaving it unfinished)."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        state = task_state(airflow, dag_id, run_id, task_id)
+        if state in ("success", "failed", "upstream_failed", "skipped"):
+            return state
+        time.sleep(2)
+    raise AssertionError(f"{dag_id} run {run_id}: {task_id} still unfinished after {RUN_TIMEOUT}s")
+
+
+def _upload_runs(airflow: RunningAirflow) -> list[str]:
+    return sorted(run["dag_run_id"] for run in runs(airflow, TRAINING) if run["dag_run_id"].startswith("upload__"))
+
+
+def _watch_once(airflow: RunningAirflow) -> list[str]:
+    assert wait_for_run(airflow, WATCH, started_run_id(trigger(airflow, WATCH, {}))) == "success"
+    return _upload_runs(airflow)
+
+
+def watch_uploads(airflow: RunningAirflow, bucket: storage.Bucket) -> UploadRuns:
+    """The data watch after an upload, after the same bytes again, and after new content in the batch.
+
+    The upload's training run is stopped once its ingest has ended (the test reads what ingest read; the
+    stages after it are every other run's), and so is the new content's run, once seen.
+    """
+    after_upload = _watch_once(airflow)
+    for run_id in after_upload:
+        wait_for_task(airflow, TRAINING, run_id, "ingest")
+        stop_run(airflow, TRAINING, run_id)
+    # Same bytes uploaded again: a new GCS generation, the same content fingerprint.
+    blob = bucket.blob(UPLOAD_KEY)
+    blob.upload_from_string(blob.download_as_bytes())
+    after_same_bytes = _watch_once(airflow)
+    # New content in the batch is new data: one more run.
+    bucket.blob(UPLOAD_BATCH + "part-0001.csv").upload_from_string(
+        b"id,text,label\nm3,please delete my account,data_deletion\nm2,where is my parcel,no_privacy_intent\n"
     )
-    for offset, ds in enumerate(BACKFILL_DATES):
-        synth(airflow, f"raw/privacy_intent/ds={ds}/part-0000.csv", backfill_rows(offset), 10 + offset)
+    after_new_content = _watch_once(airflow)
+    for run_id in set(after_new_content) - set(after_same_bytes):
+        stop_run(airflow, TRAINING, run_id)
+    return UploadRuns(after_upload, after_same_bytes, after_new_content)
+
+
+def wait_for_champion(bucket: storage.Bucket) -> None:
+    champion = bucket.blob("registry/champion.json")
     deadline = time.monotonic() + 2 * RUN_TIMEOUT
     while not champion.exists():
-        assert time.monotonic() < deadline, "no run made a champion: the backfill was not started"
+        assert time.monotonic() < deadline, "no run made a champion"
         time.sleep(5)
+
+
+def backfill_once_a_champion_exists(airflow: RunningAirflow, bucket: storage.Bucket) -> None:
+    # Each later date's candidate must face a champion (test_backfill_live), and the session's first register
+    # may face only the baseline: the backfill starts once some run has made a champion.
+    for offset, ds in enumerate(BACKFILL_DATES):
+        synth(airflow, f"raw/privacy_intent/ds={ds}/part-0000.csv", backfill_rows(offset), 10 + offset)
+    wait_for_champion(bucket)
     airflow.stack.airflow(
         "backfill", "create", "--dag-id", TRAINING,
         "--from-date", f"{BACKFILL_DATES[0]}T00:00:00+00:00", "--to-date", f"{BACKFILL_DATES[-1]}T23:59:59+00:00",
         "--dag-run-conf", json.dumps(FAST),
     )  # fmt: skip
+
+
+def drift_runs(airflow: RunningAirflow) -> list[dict]:
+    return [run for run in runs(airflow, TRAINING) if run["dag_run_id"].startswith("drift__")]
+
+
+def conversations_run(airflow: RunningAirflow, day: str, seed: int, shift: float = 0.0) -> str:
+    key = f"raw/conversations/ds={day}/part-0000.jsonl"
+    args = ["--out", f"gs://{BUCKET}/{key}", "--day", day, "--conversations", str(CONVERSATIONS_PER_DAY)]
+    airflow.stack.pipeline("synth-conversations", *args, "--seed", str(seed), "--shift", str(shift))
+    run_id = started_run_id(trigger(airflow, CONVERSATIONS, {}, logical_date=f"{day}T03:30:00+00:00"))
+    assert wait_for_run(airflow, CONVERSATIONS, run_id) == "success"
+    return run_id
+
+
+def drift_days(airflow: RunningAirflow, bucket: storage.Bucket) -> DriftDays:
+    """An ordinary day (the store's first), another ordinary day, then a day half shifted in topic and language.
+
+    The day's conversations are tagged by the champion, so the days start once one exists. The training run
+    the shifted day starts is stopped once seen: what it trains is the training DAG's business, and it would
+    move the champion under the other modules' runs.
+    """
+    synth(airflow, DRIFT_LABELLED + "part-0000.csv", 1200, 31)
+    wait_for_champion(bucket)
+    unpause(airflow, CONVERSATIONS)
+    conversations_run(airflow, ORDINARY_FIRST, seed=7)
+    ordinary = conversations_run(airflow, ORDINARY_SECOND, seed=8)
+    after_ordinary = [run["dag_run_id"] for run in drift_runs(airflow)]
+    shifted = conversations_run(airflow, SHIFTED, seed=9, shift=0.5)
+    after_shifted = drift_runs(airflow)
+    for run in after_shifted:
+        stop_run(airflow, TRAINING, run["dag_run_id"])
+    return DriftDays(ordinary, shifted, after_ordinary, after_shifted)

@@ -11,12 +11,14 @@ import pytest
 from live_airflow import (
     BROKEN_PREFIX,
     REST_ROWS,
+    RUN_TIMEOUT,
     TRAINING,
+    UPLOAD_BATCH,
     UPLOAD_ROWS,
-    WATCH,
     registry_runs,
     runs,
     synth,
+    task_state,
     trigger,
     wait_for_run,
     xcom,
@@ -89,13 +91,21 @@ def test_bad_params_are_rejected_with_a_clear_message(airflow, conf, field) -> N
     assert not [run for run in runs(airflow, TRAINING) if (run["conf"] or {}).get(field) == conf[field]]
 
 
-def test_an_upload_starts_exactly_one_run_that_trains_on_it(airflow, started_runs) -> None:
-    # That the same bytes uploaded again start no run is tests/e2e/test_data_watch.py's (with new content: one more).
-    assert wait_for_run(airflow, WATCH, started_runs.upload_watch) == "success"
-    uploads = [run for run in runs(airflow, TRAINING) if run["dag_run_id"].startswith("upload__batch-1__")]
-    assert len(uploads) == 1
-    assert wait_for_run(airflow, TRAINING, uploads[0]["dag_run_id"]) == "success"
-    assert xcom(airflow, uploads[0]["dag_run_id"], "ingest")["rows"] == UPLOAD_ROWS
+def test_an_upload_starts_exactly_one_run_on_it_and_the_same_bytes_again_none(airflow, started_runs) -> None:
+    # live_airflow.watch_uploads: three data-watch runs, each after a change to the batch.
+    uploads = started_runs.uploads.result(timeout=RUN_TIMEOUT)
+    (run_id,) = uploads.after_upload
+    assert run_id.startswith("upload__batch-1__")
+    # It reads the upload (its later stages are every run's, and it is stopped after ingest).
+    assert xcom(airflow, run_id, "ingest")["rows"] == UPLOAD_ROWS
+    assert task_state(airflow, TRAINING, run_id, "ingest") == "success"
+    # The same bytes uploaded again (a new generation, the same content): no run.
+    assert uploads.after_same_bytes == uploads.after_upload
+    # New content in the batch is new data: one more run, on the batch.
+    (added,) = set(uploads.after_new_content) - set(uploads.after_upload)
+    assert added.startswith("upload__batch-1__")
+    status, run = airflow.api("GET", f"/dags/{TRAINING}/dagRuns/{added}")
+    assert status == 200 and run["conf"] == {"data_prefix": UPLOAD_BATCH}, run
 
 
 def test_the_next_scheduled_run_is_at_two_utc(airflow, unpaused_training) -> None:
