@@ -17,12 +17,13 @@ left out of the comparison and counted.
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from privacy_pipeline import tabular
 
 # Resamples x rows are scored in blocks of at most this many cells, so memory
 # stays flat (a few tens of MB) whatever the holdout size or resample count.
@@ -179,13 +180,11 @@ def seen_in(trained_on: np.ndarray, content_keys: Iterable[str]) -> np.ndarray:
 
 
 def fingerprint_bytes(hashes: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(hashes, dtype=np.uint64), allow_pickle=False)
-    return buffer.getvalue()
+    return tabular.npy_bytes(np.asarray(hashes, dtype=np.uint64))
 
 
 def read_fingerprint(data: bytes) -> np.ndarray:
-    hashes = np.load(io.BytesIO(data), allow_pickle=False)
+    hashes = tabular.npy_array(data)
     if hashes.dtype != np.uint64 or hashes.ndim != 1:
         raise ValueError(f"a training fingerprint is a 1-d uint64 array, got {hashes.ndim}-d {hashes.dtype}")
     return hashes

@@ -12,9 +12,7 @@ Each figure that comes from a JSON file carries it unrounded in ``data-value``.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import logging
 import re
@@ -23,7 +21,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from privacy_pipeline import registry, storage
+from privacy_pipeline import figures, registry, storage
 from privacy_pipeline.registry import RegistryLayout
 from privacy_pipeline.run_layout import RunLayout
 
@@ -122,10 +120,6 @@ def _number(value: Any, name: str, digits: int = 3, *, signed: bool = False) -> 
         return f'<span id="{element_id}" data-value="">—</span>'
     shown = f"{value:+.{digits}f}" if signed else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
     return f'<span id="{element_id}" data-value="{html.escape(json.dumps(value))}">{shown}</span>'
-
-
-def _png_data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _table(headers: list[str], rows: list[list[str]], table_id: str) -> str:
@@ -248,12 +242,12 @@ def _decision_section(inputs: ReportInputs) -> str:
 
 
 def _plots_section(inputs: ReportInputs) -> str:
-    figures = "".join(
+    embedded = "".join(
         f'<figure><img class="plot" id="plot-{name}" alt="{html.escape(PLOT_TITLES[name])}" '
-        f'src="{_png_data_uri(png)}"><figcaption>{html.escape(PLOT_TITLES[name])}</figcaption></figure>'
+        f'src="{figures.png_data_uri(png)}"><figcaption>{html.escape(PLOT_TITLES[name])}</figcaption></figure>'
         for name, png in inputs.plots.items()
     )
-    return "<h2>Holdout plots</h2>" + (figures or "<p>evaluate wrote no plots for this run.</p>")
+    return "<h2>Holdout plots</h2>" + (embedded or "<p>evaluate wrote no plots for this run.</p>")
 
 
 def history_png(history: list[HistoryPoint], current_version: str) -> bytes:
@@ -285,9 +279,7 @@ def history_png(history: list[HistoryPoint], current_version: str) -> bytes:
         positions, [point.version[:15] for point in history], rotation=45, ha="right", fontsize="x-small"
     )
     rate_axes.set_xlabel("registered version")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return buffer.getvalue()
+    return figures.png_bytes(figure, dpi=100)
 
 
 def _monitoring_section(inputs: ReportInputs) -> str:
@@ -296,7 +288,7 @@ def _monitoring_section(inputs: ReportInputs) -> str:
     return (
         "<h2>Monitoring</h2>"
         '<figure><img class="plot" id="plot-history" alt="Training history and quarantine rate" '
-        f'src="{_png_data_uri(history_png(inputs.history, inputs.version))}">'
+        f'src="{figures.png_data_uri(history_png(inputs.history, inputs.version))}">'
         "<figcaption>Macro-F1 of each registered run (filled: promoted) and its quarantine rate, from the "
         "registry's run records</figcaption></figure>"
     )

@@ -1,4 +1,4 @@
-"""CSV and Parquet tables as bytes: strict reading, writing, and packing embedding columns.
+"""CSV and Parquet tables as bytes: strict reading, writing, and packing embedding columns; arrays as .npy bytes.
 
 Source data arrives as CSV (optionally gzipped) or Parquet, with embeddings
 either as wide ``emb_000..emb_NNN`` float columns or as one Parquet list
@@ -231,6 +231,18 @@ def parquet_bytes(data: pa.Table | pd.DataFrame) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table, sink)
     return sink.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The one way an array becomes bytes for ``storage.write_bytes``: NumPy's .npy form, never pickled."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def npy_array(data: bytes) -> np.ndarray:
+    """``npy_bytes`` read back; a pickled object array is refused, not run."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def csv_bytes(frame: pd.DataFrame, *, gzipped: bool = False) -> bytes:

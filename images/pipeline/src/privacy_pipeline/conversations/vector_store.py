@@ -27,7 +27,7 @@ import faiss  # type: ignore[import-untyped]
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 
-from privacy_pipeline import storage
+from privacy_pipeline import storage, tabular
 from privacy_pipeline.config import ConversationsConfig
 from privacy_pipeline.errors import StageError
 
@@ -152,13 +152,11 @@ def read_metadata(uri: str) -> pd.DataFrame:
 
 
 def read_vectors(uri: str) -> np.ndarray:
-    return np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False)
+    return tabular.npy_array(storage.read_bytes(uri))
 
 
 def vectors_bytes(vectors: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(vectors, dtype=np.float32), allow_pickle=False)
-    return buffer.getvalue()
+    return tabular.npy_bytes(np.ascontiguousarray(vectors, dtype=np.float32))
 
 
 def load_version(store_uri: str, version: str, stage: str) -> StoreVersion:

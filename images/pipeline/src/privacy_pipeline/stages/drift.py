@@ -26,7 +26,6 @@ one run per distinct drifted day and a re-run of the same day finds that run and
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
 import io
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 
-from privacy_pipeline import registry, storage
+from privacy_pipeline import figures, registry, storage
 from privacy_pipeline.config import DriftConfig, PipelineConfig
 from privacy_pipeline.conversations import vector_store
 from privacy_pipeline.conversations.layout import EMBED, REDACT, TAG, ConversationsLayout
@@ -403,12 +402,12 @@ def _intent_mix(reference: pd.Series | None, day: pd.Series | None, settings: Dr
 
 
 def _png(figure: Any) -> str:
+    """The figure as a data URI; pyplot keeps every figure it made until closed."""
     import matplotlib.pyplot as plt
 
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    uri = figures.png_data_uri(figures.png_bytes(figure, dpi=90))
     plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return uri
 
 
 def _plots(comparison: dict[str, Any], threshold: float) -> list[tuple[str, str]]:

@@ -14,7 +14,6 @@ same code.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import Counter
 from typing import Any
@@ -34,7 +33,7 @@ from sklearn.metrics import (  # type: ignore[import-untyped]
     roc_curve,
 )
 
-from privacy_pipeline import model_io, modeling, storage
+from privacy_pipeline import figures, model_io, modeling, storage
 from privacy_pipeline.config import PipelineConfig
 from privacy_pipeline.errors import StageError
 from privacy_pipeline.phrasing import PHRASING_FAMILY_COLUMN, unseen_phrasing_rows
@@ -227,12 +226,6 @@ def _phrasing_summary(phrasing: dict[str, Any]) -> str:
     return "; macro-F1 on " + ", ".join(parts)
 
 
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
-
-
 def _confusion_png(metrics: dict[str, Any]) -> bytes:
     labels = metrics["confusion_matrix"]["labels"]
     counts = np.asarray(metrics["confusion_matrix"]["matrix"])
@@ -252,7 +245,7 @@ def _confusion_png(metrics: dict[str, Any]) -> bytes:
     axes.set_ylabel("true")
     axes.set_title(f"Holdout confusion matrix (n={metrics['n_holdout']})")
     figure.colorbar(image, ax=axes, label="share of true class")
-    return _png(figure)
+    return figures.png_bytes(figure, dpi=110)
 
 
 def _curves_png(kind: str, truth: np.ndarray, proba: np.ndarray, labels: list[str]) -> bytes:
@@ -278,7 +271,7 @@ def _curves_png(kind: str, truth: np.ndarray, proba: np.ndarray, labels: list[st
         axes.set_ylabel("precision")
         axes.set_title("Holdout precision-recall, one-vs-rest")
     axes.legend(loc="lower right" if kind == "roc" else "lower left", fontsize="small")
-    return _png(figure)
+    return figures.png_bytes(figure, dpi=110)
 
 
 def run(*, config: PipelineConfig, run_uri: str) -> StageResult:
