@@ -93,14 +93,15 @@ test-stage-package: setup monitoring mlflow-env
 	$(PIPELINE_BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder images/pipeline/tests
 # The model server, its batcher, the try-it page and the run report in headless Chromium (skipped in the
 # stage-package tier, which has no selenium). Two xdist workers, a file each at a time, in the order named
-# (--no-loadscope-reorder): test_serving first, so one worker trains the run's model (conftest's `trained`, once
-# per run) and starts the one model server, while the other runs the files that need neither and then the canary
-# tests (the longest file), which start their own servers. (xdist 3.8's loadgroup ignores xdist_group under pytest 9.2.)
+# (--no-loadscope-reorder; a worker takes the next file when its last two tests are left): test_serving first, so
+# one worker trains the run's model (conftest's `trained`, once per run) and starts the one model server, while the
+# other runs the MLflow UI test and then the canary tests, which wait for that model; the short files and the
+# disagreeing canary go to whichever worker frees first. (xdist 3.8's loadgroup ignores xdist_group under pytest 9.2.)
 test-serving: serving-env chromium mlflow-env
 	$(SERVING_BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder images/pipeline/tests/test_serving.py \
-		images/pipeline/tests/test_serving_batcher.py images/pipeline/tests/test_drift_page.py \
 		images/pipeline/tests/test_mlflow_ui_page.py images/pipeline/tests/test_serving_canary.py \
-		images/pipeline/tests/test_run_report_page.py
+		images/pipeline/tests/test_serving_batcher.py images/pipeline/tests/test_drift_page.py \
+		images/pipeline/tests/test_serving_canary_disagreement.py images/pipeline/tests/test_run_report_page.py
 # Everything under tests/ but the three slow tiers: DAG policy, rendered pods, plugins (and any new folder).
 test-dags-plugins: setup monitoring
 	$(AIRFLOW_PYTEST) tests --ignore=tests/e2e --ignore=tests/system --ignore=tests/images

@@ -6,7 +6,9 @@ promoted as a passing gate would (rollout_runs.promoted); deploy renders it as
 a canary and canary_check starts both versions with ``privacy-pipeline serve``
 and replays the run's holdout texts to both. A good candidate is promoted; one
 that disagrees on most messages, or whose server never becomes ready, is
-rolled back and the registry's champion is the previous version again.
+rolled back and the registry's champion is the previous version again. The disagreeing candidate is
+test_serving_canary_disagreement.py's, a file of its own so that the serving tier's other xdist worker can run it
+beside these.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def registry_uri(trained: TrainedRegistry, tmp_path: Path) -> str:
     return str(shutil.copytree(trained.registry_uri, tmp_path / "registry"))
 
 
-def _candidate_run(trained: TrainedRegistry, registry_uri: str, root: Path, relabel: dict[str, str] | None) -> str:
+def candidate_run(trained: TrainedRegistry, registry_uri: str, root: Path, relabel: dict[str, str] | None) -> str:
     """The champion's run copied up to split, retrained (on ``relabel``-ed labels), registered and promoted."""
     source = RunLayout(str(registry.champion(trained.registry_uri)["run_uri"]))
     run_uri = str(root / "candidate-run")
@@ -56,7 +58,7 @@ def _candidate_run(trained: TrainedRegistry, registry_uri: str, root: Path, rela
     return run_uri
 
 
-def _roll_out(run_uri: str, registry_uri: str) -> tuple[dict, dict]:
+def roll_out(run_uri: str, registry_uri: str) -> tuple[dict, dict]:
     deployed = commit(deploy.run(config=CONFIG, run_uri=run_uri, registry_uri=registry_uri)).xcom
     checked = commit(canary_check.run(config=CONFIG, run_uri=run_uri, registry_uri=registry_uri)).xcom
     return deployed, checked
@@ -65,10 +67,10 @@ def _roll_out(run_uri: str, registry_uri: str) -> tuple[dict, dict]:
 def test_a_good_candidate_is_canaried_against_the_previous_version_and_promoted(
     trained: TrainedRegistry, registry_uri: str, tmp_path: Path
 ) -> None:
-    run_uri = _candidate_run(trained, registry_uri, tmp_path, relabel=None)
+    run_uri = candidate_run(trained, registry_uri, tmp_path, relabel=None)
     candidate = registry.champion(registry_uri)["version"]
 
-    deployed, checked = _roll_out(run_uri, registry_uri)
+    deployed, checked = roll_out(run_uri, registry_uri)
 
     assert (deployed["previous_version"], deployed["canary_traffic_percent"]) == (trained.version, 10)
     assert checked["decision"] == "promote", checked["reason"]
@@ -79,42 +81,16 @@ def test_a_good_candidate_is_canaried_against_the_previous_version_and_promoted(
     assert "canaryTrafficPercent" not in final and candidate in final
 
 
-def test_a_candidate_that_disagrees_on_most_messages_is_rolled_back_to_the_previous_version(
-    trained: TrainedRegistry, registry_uri: str, tmp_path: Path
-) -> None:
-    # Every intent trained under the next one's name: a confident model that is wrong nearly everywhere.
-    labels = list(CONFIG.labels)
-    next_intent = dict(zip(labels, labels[1:] + labels[:1], strict=True))
-    run_uri = _candidate_run(trained, registry_uri, tmp_path, relabel=next_intent)
-    broken = registry.champion(registry_uri)["version"]
-    history_before = len(registry.champion_history(registry_uri))
-
-    _, checked = _roll_out(run_uri, registry_uri)
-
-    assert checked["decision"] == "rollback" and checked["rolled_back"] is True
-    assert "the versions agree on" in checked["reason"] and checked["agreement"] < 0.5
-    champion = registry.champion(registry_uri)
-    assert champion["version"] == trained.version
-    history = registry.champion_history(registry_uri)
-    assert len(history) == history_before + 1
-    assert (history[-1]["version"], history[-1]["by"], history[-1]["reason"]) == (
-        trained.version,
-        "canary_check",
-        checked["reason"],
-    )
-    assert registry.read_run_record(registry_uri, broken)["canary"]["decision"] == "rollback"
-
-
 def test_a_candidate_whose_server_never_becomes_ready_is_rolled_back(
     trained: TrainedRegistry, registry_uri: str, tmp_path: Path
 ) -> None:
-    run_uri = _candidate_run(trained, registry_uri, tmp_path, relabel=None)
+    run_uri = candidate_run(trained, registry_uri, tmp_path, relabel=None)
     broken = registry.champion(registry_uri)["version"]
     # The registered file damaged after the gate passed it: the server refuses it before it listens.
     model_uri = RegistryLayout(registry_uri).model(broken)
     storage.write_bytes(model_uri, storage.read_bytes(model_uri)[:100])
 
-    _, checked = _roll_out(run_uri, registry_uri)
+    _, checked = roll_out(run_uri, registry_uri)
 
     assert checked["decision"] == "rollback"
     assert checked["reason"].startswith(f"rolled back: canary {broken} never became ready")
