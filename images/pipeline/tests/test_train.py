@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from modeling_runs import clustered_features, commit, featurized_run, selected_run, small_config
@@ -18,6 +19,12 @@ from privacy_pipeline.stages import split, train
 @pytest.fixture(scope="module")
 def clustered() -> tuple[pd.DataFrame, dict[str, Any]]:
     return clustered_features(n_rows=300, seed=4)
+
+
+@pytest.fixture(scope="module")
+def overlapping() -> tuple[pd.DataFrame, dict[str, Any]]:
+    # Overlapping clusters: probabilities far from 0 and 1, so a model fitted differently shows in them.
+    return clustered_features(n_rows=300, seed=3, separation=0.6)
 
 
 def test_resampling_never_touches_the_holdout(clustered, tmp_path: Path) -> None:
@@ -87,6 +94,49 @@ def test_train_smote_off_fits_on_the_training_rows_only(clustered, tmp_path: Pat
     result = train.run(config=config, run_uri=selected_run(tmp_path, "run", frame, spec, config))
     assert result.xcom["resampled_rows"] == result.xcom["train_rows"]
     assert model_io.load_model(result.xcom["model_uri"]).named_steps["smote"] == "passthrough"
+
+
+@pytest.mark.parametrize(
+    ("params", "train_smote", "classes"),
+    [
+        ({"clf__C": 0.01, "clf__l1_ratio": 0.0}, True, None),
+        ({"clf__C": 1.0, "clf__l1_ratio": 0.0}, True, None),
+        ({"clf__C": 1.0, "clf__l1_ratio": 0.0}, False, None),
+        # Two classes: LogisticRegression fits one binomial vector, which the multinomial objective is not.
+        ({"clf__C": 1.0, "clf__l1_ratio": 0.0}, True, ["no_privacy_intent", "opt_out"]),
+        ({"clf__C": 0.1, "clf__l1_ratio": 0.5}, True, None),
+    ],
+    ids=["lbfgs-C0.01", "lbfgs-C1", "lbfgs-without-smote", "lbfgs-two-classes", "saga"],
+)
+def test_the_saved_model_is_the_plain_pipeline_fitted_on_the_training_split(
+    overlapping, tmp_path: Path, params: dict[str, float], train_smote: bool, classes: list[str] | None
+) -> None:
+    frame, spec = overlapping
+    if classes:
+        frame = frame[frame["label"].isin(classes)].reset_index(drop=True)
+    config = small_config(train={"smote": train_smote})
+    run_uri = selected_run(tmp_path, "run", frame, spec, config, params=params)
+    result = train.run(config=config, run_uri=run_uri)
+
+    layout = RunLayout(run_uri)
+    saved = model_io.load_model(layout.model)
+    table = modeling.read_table(layout.train_split)
+    # What train did before it fitted through SMOTE's weights: features, scale, SMOTE, LogisticRegression.fit.
+    plain = modeling.build_pipeline(spec, params, config, resample=train_smote)
+    plain.fit(modeling.model_inputs(table, spec, "train", "test"), table["label"].to_numpy())
+    ours, theirs = saved.named_steps["clf"], plain.named_steps["clf"]
+    assert list(ours.classes_) == list(theirs.classes_)
+    # Both fits stop where lbfgs's gradient falls under tune.tol, so they agree to about that, not to the last bit;
+    # a different objective (the penalty doubled, or SMOTE's rows left out) moves these by 0.1 to 0.8.
+    scale = np.abs(theirs.coef_).max()
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=0, atol=1e-3 * scale)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=0, atol=1e-3 * scale)
+    holdout = modeling.model_inputs(modeling.read_table(layout.holdout_split), spec, "holdout", "test")
+    assert list(saved.predict(holdout)) == list(plain.predict(holdout))
+    np.testing.assert_allclose(saved.predict_proba(holdout), plain.predict_proba(holdout), rtol=0, atol=1e-3)
+    assert result.xcom["resampled_rows"] == modeling.resampled_rows(plain, len(table))
+    assert result.xcom["lbfgs_iterations"] == modeling.lbfgs_iterations(saved)
+    assert result.xcom["lbfgs_iterations"] == pytest.approx(modeling.lbfgs_iterations(plain), rel=0.1)
 
 
 def test_train_refuses_a_run_without_select(clustered, tmp_path: Path) -> None:

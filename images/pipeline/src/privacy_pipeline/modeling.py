@@ -12,6 +12,7 @@ candidate, without starting every fit from zero weights, and without the
 gradient passes over SMOTE's synthetic rows that a plain fit makes: those rows
 are fixed mixtures of two training rows, so the passes run over the fold's own
 rows through SMOTE's interpolation weights (``smote_interpolation``).
+``fit_through_resampling`` fits train's final model on the whole split the same way.
 """
 
 from __future__ import annotations
@@ -257,20 +258,16 @@ def smote_interpolation(smote: SMOTE, X: np.ndarray, y: np.ndarray) -> tuple[spa
 
 
 @dataclass(frozen=True)
-class PreparedFold:
-    """One CV fold, prepared once and shared by every candidate.
+class ResampledRows:
+    """Rows after the pipeline's features and scaler (float32), and SMOTE's resampling of them.
 
-    ``rows`` is the training fold after features and scaling (float32); the
-    classifier is fitted on ``resampling @ rows`` (SMOTE's output), labelled
-    ``fitted_labels``. The validation fold is only transformed, never
-    resampled: it stays the rows a user would send.
+    The classifier is fitted on ``resampling @ rows`` (SMOTE's output, or the
+    rows themselves when the pipeline does not resample), labelled ``fitted_labels``.
     """
 
     rows: np.ndarray
     resampling: sparse.csr_matrix
     fitted_labels: np.ndarray
-    validation_rows: np.ndarray
-    validation_labels: np.ndarray
 
     @property
     def fitted_rows(self) -> int:
@@ -281,25 +278,48 @@ class PreparedFold:
         return np.asarray(self.resampling @ self.rows, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class PreparedFold(ResampledRows):
+    """One CV fold, prepared once and shared by every candidate.
+
+    The validation fold is only transformed, never resampled: it stays the
+    rows a user would send.
+    """
+
+    validation_rows: np.ndarray
+    validation_labels: np.ndarray
+
+
+def prepare_rows(pipeline: Pipeline, X: pd.DataFrame, y: np.ndarray) -> ResampledRows:
+    """Fit ``pipeline``'s features and scaler steps on ``(X, y)`` in place, as its fit would, and resample their rows.
+
+    The SMOTE step itself stays unfitted: its resampling comes back as
+    ``smote_interpolation``'s matrix (the identity when the step is "passthrough").
+    """
+    features, scaler = pipeline.named_steps["features"], pipeline.named_steps["scale"]
+    rows = np.asarray(scaler.fit_transform(features.fit_transform(X, y), y), dtype=np.float32)
+    y = np.asarray(y)
+    smote = pipeline.named_steps["smote"]
+    if smote == "passthrough":
+        return ResampledRows(rows, sparse.identity(len(y), format="csr", dtype=np.float64), y)
+    return ResampledRows(rows, *smote_interpolation(smote, rows, y))
+
+
 def prepare_fold(
     reference: Pipeline, X_train: pd.DataFrame, y_train: np.ndarray, X_valid: pd.DataFrame, y_valid: np.ndarray
 ) -> PreparedFold:
     """Fit features and scaler on the training fold as the pipeline's fit would, and SMOTE's resampling of it."""
-    features = clone(reference.named_steps["features"])
-    scaler = clone(reference.named_steps["scale"])
-    rows = np.asarray(scaler.fit_transform(features.fit_transform(X_train, y_train), y_train), dtype=np.float32)
+    fold_pipeline = clone(reference)
+    prepared = prepare_rows(fold_pipeline, X_train, y_train)
+    features, scaler = fold_pipeline.named_steps["features"], fold_pipeline.named_steps["scale"]
     validation_rows = np.asarray(scaler.transform(features.transform(X_valid)), dtype=np.float32)
-    y_train = np.asarray(y_train)
-    smote = reference.named_steps["smote"]
-    if smote == "passthrough":
-        resampling, fitted_labels = sparse.identity(len(y_train), format="csr", dtype=np.float64), y_train
-    else:
-        resampling, fitted_labels = smote_interpolation(smote, rows, y_train)
-    return PreparedFold(rows, resampling, fitted_labels, validation_rows, np.asarray(y_valid))
+    return PreparedFold(
+        prepared.rows, prepared.resampling, prepared.fitted_labels, validation_rows, np.asarray(y_valid)
+    )
 
 
 class _ResampledMultinomialLoss:
-    """``LogisticRegression``'s lbfgs objective on a fold's fitted rows, computed through SMOTE's weights.
+    """``LogisticRegression``'s lbfgs objective on the fitted rows of a fold or split, computed through SMOTE's weights.
 
     The objective is scikit-learn's for the multinomial model with an L2
     penalty: the mean cross-entropy over the n fitted rows plus
@@ -311,11 +331,11 @@ class _ResampledMultinomialLoss:
     products are float32, as the rows are; the optimiser keeps float64.
     """
 
-    def __init__(self, fold: PreparedFold) -> None:
-        self.rows = fold.rows
-        self.resampling = fold.resampling
-        self.resampling_t = fold.resampling.T.tocsr()
-        self.classes, self.codes = np.unique(fold.fitted_labels, return_inverse=True)
+    def __init__(self, prepared: ResampledRows) -> None:
+        self.rows = prepared.rows
+        self.resampling = prepared.resampling
+        self.resampling_t = prepared.resampling.T.tocsr()
+        self.classes, self.codes = np.unique(prepared.fitted_labels, return_inverse=True)
         self.fitted = len(self.codes)
 
     @property
@@ -371,6 +391,53 @@ def fit_resampled(
             "ftol": 64 * np.finfo(float).eps,
         },
     )
+
+
+def multinomial_lbfgs(pipeline: Pipeline, labels: np.ndarray) -> bool:
+    """Whether ``fit_through_resampling`` fits what ``pipeline.fit`` fits on these labels.
+
+    It computes ``LogisticRegression``'s lbfgs objective for the multinomial
+    model, so the classifier must use lbfgs (pure L2: an L1 share needs saga)
+    and see three or more classes (on two, scikit-learn fits one binomial
+    weight vector instead).
+    """
+    return pipeline.named_steps["clf"].solver == "lbfgs" and len(np.unique(labels)) > 2
+
+
+def fit_through_resampling(pipeline: Pipeline, X: pd.DataFrame, y: np.ndarray, config: PipelineConfig) -> ResampledRows:
+    """Fit ``pipeline`` as ``pipeline.fit(X, y)`` would, its lbfgs passes running through SMOTE's weights.
+
+    Features and scaler are fitted in place (``prepare_rows``); the classifier's
+    objective over ``resampling @ rows`` is minimised without making those rows
+    (``fit_resampled``), and the optimum becomes the pipeline's fitted
+    ``LogisticRegression`` (``set_solution``). The SMOTE step stays unfitted:
+    predict skips samplers either way. Only where ``multinomial_lbfgs`` holds.
+    """
+    prepared = prepare_rows(pipeline, X, y)
+    objective = _ResampledMultinomialLoss(prepared)
+    classifier = pipeline.named_steps["clf"]
+    set_solution(classifier, objective, fit_resampled(objective, float(classifier.C), config))
+    return prepared
+
+
+def set_solution(
+    classifier: LogisticRegression, objective: _ResampledMultinomialLoss, solution: optimize.OptimizeResult
+) -> LogisticRegression:
+    """``classifier`` left as its own multinomial lbfgs fit leaves it, with ``solution``'s weights.
+
+    The fitted attributes are those ``LogisticRegression.fit`` sets, in its
+    shapes and dtypes: ``coef_`` (classes x features) and ``intercept_`` in the
+    rows' dtype, ``classes_`` sorted, ``n_iter_`` (int32, at most max_iter) and
+    ``n_features_in_``, so predict, predict_proba and skops treat it as any fitted one.
+    """
+    weights, intercept = objective.unpack(solution.x)
+    dtype = objective.rows.dtype
+    classifier.n_features_in_ = objective.rows.shape[1]
+    classifier.classes_ = objective.classes
+    classifier.n_iter_ = np.asarray([min(int(solution.nit), classifier.max_iter)], dtype=np.int32)
+    classifier.coef_ = np.ascontiguousarray(weights.T, dtype=dtype)
+    classifier.intercept_ = intercept.astype(dtype)
+    return classifier
 
 
 def _walk_lbfgs(
