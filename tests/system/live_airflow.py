@@ -153,15 +153,17 @@ def stop_run(airflow: RunningAirflow, dag_id: str, run_id: str) -> None:
     assert status == 200, body
 
 
-def wait_for_task(airflow: RunningAirflow, dag_id: str, run_id: str, task_id: str) -> str | None:
+def wait_for_task(
+    airflow: RunningAirflow, dag_id: str, run_id: str, task_id: str, timeout: float = RUN_TIMEOUT
+) -> str | None:
     """The task's state once it has ended (or the run has, leaving it unfinished)."""
-    deadline = time.monotonic() + RUN_TIMEOUT
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = task_state(airflow, dag_id, run_id, task_id)
         if state in ("success", "failed", "upstream_failed", "skipped"):
             return state
         time.sleep(2)
-    raise AssertionError(f"{dag_id} run {run_id}: {task_id} still unfinished after {RUN_TIMEOUT}s")
+    raise AssertionError(f"{dag_id} run {run_id}: {task_id} still unfinished after {timeout:.0f}s")
 
 
 def _upload_runs(airflow: RunningAirflow) -> list[str]:

@@ -30,6 +30,7 @@ from live_airflow import (
     trigger,
     unpause,
     wait_for_run,
+    wait_for_task,
     xcom,
 )
 
@@ -69,17 +70,7 @@ def _watch_config_check(airflow) -> list[dict]:
     """Trigger the data watch and return what its config check decided, once it has."""
     status, watch = trigger(airflow, WATCH, {})
     assert status == 200, watch
-    path = f"/dags/{WATCH}/dagRuns/{watch['dag_run_id']}/taskInstances/find_config_change"
-    deadline = time.monotonic() + RUN_TIMEOUT
-    state = None
-    while time.monotonic() < deadline:
-        try:
-            state = airflow.api("GET", path)[1].get("state")
-        except TimeoutError:  # a loaded machine's api-server answers late
-            continue
-        if state in ("success", "failed", "upstream_failed"):
-            break
-        time.sleep(2)
+    state = wait_for_task(airflow, WATCH, watch["dag_run_id"], "find_config_change")
     assert state == "success", state
     return xcom(airflow, watch["dag_run_id"], "find_config_change", dag_id=WATCH)
 

@@ -15,8 +15,6 @@ the champion under the other modules' runs.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from live_airflow import (
     CONVERSATIONS,
@@ -26,6 +24,7 @@ from live_airflow import (
     drift_runs,
     task_state,
     wait_for_run,
+    wait_for_task,
     xcom,
 )
 
@@ -58,10 +57,7 @@ def test_a_shifted_day_trains_once_an_ordinary_day_never_and_a_rerun_never(airfl
         "reset_dag_runs": True,
     }
     assert airflow.api("POST", f"/dags/{CONVERSATIONS}/clearTaskInstances", clear)[0] == 200
-    deadline = time.monotonic() + 300
-    while task_state(airflow, CONVERSATIONS, days.shifted, "retrain_on_drift") not in ("success", "skipped", "failed"):
-        assert time.monotonic() < deadline, "the cleared drift branch did not finish"
-        time.sleep(3)
+    wait_for_task(airflow, CONVERSATIONS, days.shifted, "retrain_on_drift", timeout=300)
     assert wait_for_run(airflow, CONVERSATIONS, days.shifted) == "success"
     assert xcom(airflow, days.shifted, "drift", dag_id=CONVERSATIONS)["trigger_run_id"] == started["dag_run_id"]
     assert task_state(airflow, CONVERSATIONS, days.shifted, "retrain_on_drift") == "skipped"

@@ -48,8 +48,7 @@ def test_a_failed_task_cleared_completes_without_duplicate_registry_entries(airf
     # First in the module: the cleared run then overlaps the other started runs.
     run_id = started_runs.broken
     assert wait_for_run(airflow, TRAINING, run_id) == "failed"
-    status, ingest = airflow.api("GET", f"/dags/{TRAINING}/dagRuns/{run_id}/taskInstances/ingest")
-    assert ingest["state"] == "failed"
+    assert task_state(airflow, TRAINING, run_id, "ingest") == "failed"
 
     key = BROKEN_PREFIX + "part-0000.csv"
     bucket.blob(key).delete()
